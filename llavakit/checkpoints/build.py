@@ -1,0 +1,197 @@
+"""Build a LLaVA-1.5 from any CLIP/SigLIP vision tower and any causal LM ("LLaVA on a budget").
+
+Design: the result is a plain transformers ``LlavaForConditionalGeneration``
+checkpoint, so it loads with ``AutoModelForImageTextToText`` and everywhere else
+without llavakit. Assembly swaps the *loaded* source modules into a LLaVA shell
+created on the meta device: nothing is allocated twice (a 7B LM fits once), and
+the source weights arrive bit-for-bit unchanged (only new tokenizer rows and the
+fresh projector are new).
+
+- ``<image>`` (and ``<pad>`` when the LM has no pad token) are added as special
+  tokens; the embedding grows only when the tokenizer outgrows it (Qwen2-style
+  LMs already have spare rows). New rows are initialised from the mean of the
+  old ones (transformers' ``mean_resizing``) so they start in-distribution.
+- Projector ``mlp2x_gelu`` is LLaVA-1.5's Linear-GELU-Linear. ``linear`` (LLaVA-1)
+  is expressed in the same transformers module with an identity activation and
+  the second matrix set to the identity, so it is exactly one linear map at
+  initialisation and still loads in stock transformers.
+- CLIP drops its CLS token (``vision_feature_select_strategy="default"``); SigLIP
+  has none and keeps every patch ("full"). Features come from layer -2, as in LLaVA.
+- The directory is written to a temporary sibling and renamed into place, so an
+  interrupted build never leaves a directory that later half-loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionModel,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    SiglipVisionModel,
+)
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+from llavakit.checkpoints.resolve import resolve_source
+from llavakit.data.chat_templates import IMAGE_TOKEN, resolve_chat_template
+from llavakit.errors import BuildError
+
+PROJECTORS = ("mlp2x_gelu", "linear")
+#: vision model_type in config.json -> (transformers class, feature select strategy, extra tokens)
+_VISION_TYPES = {
+    "clip": (CLIPVisionModel, "default", 1),
+    "clip_vision_model": (CLIPVisionModel, "default", 1),
+    "siglip": (SiglipVisionModel, "full", 0),
+    "siglip_vision_model": (SiglipVisionModel, "full", 0),
+}
+
+
+def build_llava(
+    vision: str | Path,
+    lm: str | Path,
+    out: str | Path,
+    projector: str = "mlp2x_gelu",
+    chat_template: str | None = None,
+    vision_feature_layer: int = -2,
+    dtype: str | None = None,
+    force: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Assemble vision tower + projector + LM into a LLaVA-1.5 directory at ``out``.
+
+    ``dtype`` ("float32", "bfloat16", "float16") defaults to the LM's own dtype;
+    the whole model is stored in one dtype so the projector sees matching inputs.
+    """
+    if projector not in PROJECTORS:
+        raise BuildError(f"unknown projector {projector!r}; choose one of {PROJECTORS}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise BuildError(f"output directory {out} already exists; pass --force to replace it")
+    vision_dir = resolve_source(vision, "vision encoder")
+    lm_dir = resolve_source(lm, "language model")
+    try:
+        template = resolve_chat_template(chat_template, _lm_chat_template(lm_dir))
+    except ValueError as exc:
+        raise BuildError(str(exc)) from exc
+
+    vision_model, strategy, extra_tokens = _load_vision(vision_dir)
+    lm_model = _load_lm(lm_dir)
+    torch_dtype = getattr(torch, dtype) if dtype else lm_model.dtype
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    _add_special_tokens(tokenizer)
+
+    config = LlavaConfig(
+        vision_config=vision_model.config.to_dict(),
+        text_config=lm_model.config.to_dict(),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        projector_hidden_act="gelu" if projector == "mlp2x_gelu" else "linear",
+        vision_feature_select_strategy=strategy,
+        vision_feature_layer=vision_feature_layer,
+        image_seq_length=(vision_model.config.image_size // vision_model.config.patch_size) ** 2,
+        tie_word_embeddings=bool(getattr(lm_model.config, "tie_word_embeddings", False)),
+    )
+    model = _assemble(config, vision_model, lm_model, projector, seed)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    model.config.text_config.pad_token_id = tokenizer.pad_token_id  # only valid once the rows exist
+    model.to(torch_dtype)
+    model.generation_config = lm_model.generation_config
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    processor = LlavaProcessor(
+        image_processor=AutoImageProcessor.from_pretrained(vision_dir),
+        tokenizer=tokenizer,
+        patch_size=vision_model.config.patch_size,
+        vision_feature_select_strategy=strategy,
+        num_additional_image_tokens=extra_tokens,
+        chat_template=template,
+    )
+    tokenizer.chat_template = template
+    record = {"built_by": "llavakit", "vision": str(vision), "lm": str(lm), "projector": projector}
+    return _write_atomically(out, model, processor, record, force)
+
+
+def _lm_chat_template(lm_dir: Path) -> str | None:
+    """The LM's own chat template, if its tokenizer has one."""
+    return AutoTokenizer.from_pretrained(lm_dir).chat_template
+
+
+def _load_vision(vision_dir: Path) -> tuple[torch.nn.Module, str, int]:
+    """Load the vision half of a CLIP/SigLIP checkpoint (full dual-tower checkpoints too)."""
+    model_type = AutoConfig.from_pretrained(vision_dir).model_type
+    if model_type not in _VISION_TYPES:
+        raise BuildError(
+            f"vision encoder {vision_dir} has model_type {model_type!r}; supported: {sorted(_VISION_TYPES)}"
+        )
+    cls, strategy, extra_tokens = _VISION_TYPES[model_type]
+    if not (vision_dir / "preprocessor_config.json").is_file():
+        raise BuildError(f"vision encoder {vision_dir} has no preprocessor_config.json (its image processor)")
+    return cls.from_pretrained(vision_dir, dtype="auto"), strategy, extra_tokens
+
+
+def _load_lm(lm_dir: Path) -> torch.nn.Module:
+    """Load a causal LM; refuse anything that is not one, naming what it is."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(lm_dir, dtype="auto")
+    except ValueError as exc:
+        raise BuildError(f"language model {lm_dir} is not a causal LM transformers knows: {exc}") from exc
+
+
+def _add_special_tokens(tokenizer) -> None:
+    """Add ``<image>`` and, when missing, a pad token (LLaVA batches need one)."""
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+
+
+def _assemble(
+    config: LlavaConfig, vision_model: torch.nn.Module, lm_model: torch.nn.Module, projector: str, seed: int
+) -> LlavaForConditionalGeneration:
+    """Put the loaded towers into a meta-device LLaVA shell and give it a real, fresh projector."""
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower = vision_model
+    model.model.language_model = lm_model.base_model
+    model.lm_head = lm_model.get_output_embeddings()
+    torch.manual_seed(seed)
+    proj = LlavaMultiModalProjector(config).to(lm_model.dtype)
+    if projector == "linear":
+        with torch.no_grad():
+            proj.linear_2.weight.copy_(torch.eye(proj.linear_2.weight.shape[0]))  # (D_text, D_text)
+            proj.linear_2.bias.zero_()
+    model.model.multi_modal_projector = proj
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left_on_meta:
+        raise BuildError(f"internal error: tensors not filled from the sources: {left_on_meta[:5]}")
+    return model
+
+
+def _write_atomically(
+    out: Path, model: LlavaForConditionalGeneration, processor: LlavaProcessor, record: dict, force: bool
+) -> Path:
+    """Save into a temporary sibling directory, then move it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "llavakit_build.json").write_text(json.dumps(record, indent=2) + "\n")
+        if out.exists() and force:
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,131 @@
+"""The ``llavakit`` command: one thin function per subcommand, nothing else.
+
+Each command parses options, calls one typed library function, and prints.
+Errors a user can fix (:class:`LlavakitError`) are printed as one line and exit
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from llavakit.errors import LlavakitError
+
+app = typer.Typer(
+    help="Build, train, compress and chat with LLaVA-family vision-language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+out = Console(highlight=False)
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn LlavakitError into a one-line message and exit code 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except LlavakitError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _quiet_libraries() -> None:
+    """Hide load reports and progress bars from transformers: the CLI reports for itself."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@app.command()
+@friendly_errors
+def build(
+    vision: Annotated[str, typer.Option(help="CLIP or SigLIP vision model: a local directory or a hub id.")],
+    lm: Annotated[str, typer.Option(help="Causal language model: a local directory or a hub id.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the new LLaVA to.")],
+    projector: Annotated[str, typer.Option(help="mlp2x_gelu (LLaVA-1.5) or linear (LLaVA-1).")] = "mlp2x_gelu",
+    chat_template: Annotated[
+        Optional[str], typer.Option(help="'keep' (the LM's own), 'llava'/'vicuna', or a .jinja file.")
+    ] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16; default: the LM's.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
+) -> None:
+    """Assemble a LLaVA-1.5 from a vision encoder, a language model and a fresh projector."""
+    from llavakit.checkpoints.build import build_llava
+
+    with err.status("building..."):
+        path = build_llava(vision, lm, out_dir, projector=projector, chat_template=chat_template, dtype=dtype,
+                           force=force)
+    out.print(f"wrote {path}")
+
+
+@app.command()
+@friendly_errors
+def chat(
+    model: Annotated[str, typer.Argument(help="Model directory, hub id, or 'demo'.")],
+    question: Annotated[Optional[str], typer.Argument(help="Ask once and exit; omit for an interactive chat.")] = None,
+    image: Annotated[Optional[list[Path]], typer.Option("--image", "-i", help="Image file (repeatable).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="torch; default: chosen from the model directory.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, auto.")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
+    top_k: Annotated[int, typer.Option(help="Sample from the k best tokens (0 = all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(help="> 1 discourages repeats.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
+    stats: Annotated[bool, typer.Option(help="Print time to first token and tokens/s.")] = True,
+) -> None:
+    """Chat about images: answer one question, or start an interactive session."""
+    from llavakit.cli_chat import interactive, one_shot, open_pipeline
+
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
+                    top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
+                    stop=tuple(stop or ()))
+    pipe = open_pipeline(model, backend, device, err)
+    images = [str(p) for p in image or []]
+    if question is None:
+        interactive(pipe, images, system, settings, out, err, stats)
+    else:
+        one_shot(pipe, question, images, system, settings, out, err, stats)
+
+
+@app.command()
+@friendly_errors
+def demo(
+    question: Annotated[str, typer.Argument(help="What to ask about the example image.")] = "What is in this image?",
+    image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Image (default: the bundled example).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
+) -> None:
+    """Chat about an image with the built-in demo model (built offline on first use)."""
+    from llavakit.checkpoints.demo import DEMO_DESCRIPTION, EXAMPLE_IMAGE
+    from llavakit.cli_chat import one_shot, open_pipeline
+
+    err.print(DEMO_DESCRIPTION, style="yellow")
+    pipe = open_pipeline("demo", None, None, err)
+    picture = str(image or EXAMPLE_IMAGE)
+    out.print(f"[dim]image:[/] {picture}\n[dim]you:[/] {question}")
+    one_shot(pipe, question, [picture], None, {"max_new_tokens": max_new_tokens}, out, err, True)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""``Pipeline``: the one Python entry point for chatting with a LLaVA.
+
+    from llavakit import Pipeline
+    pipe = Pipeline("path/to/model")
+    print(pipe.generate("What is in the picture?", images=["cat.png"]).text)
+
+A Pipeline owns one backend (chosen from what the model directory holds when not
+given) and turns prompts + images into conversations the backend runs through
+the shared generation loop. Later features (OpenVINO engine, LoRA, speculative
+decoding, serving) extend this class rather than replace it.
+
+A chat session keeps the conversation and its images; a turn that fails (bad
+image, prompt too long) leaves the conversation exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from llavakit.checkpoints.resolve import resolve_source
+from llavakit.errors import LlavakitError, ModelLoadError
+from llavakit.images import load_images
+from llavakit.runtime.generate import Generation, start_generation
+from llavakit.runtime.prompt import user_content
+from llavakit.runtime.types import GenerationConfig, GenerationResult
+
+BACKENDS = ("torch",)
+ImageLike = Any  # PIL.Image.Image | str | os.PathLike | bytes
+
+
+def choose_backend(model_dir: Path) -> str:
+    """Pick the backend that can run what ``model_dir`` holds."""
+    if (model_dir / "config.json").is_file():
+        return "torch"
+    raise ModelLoadError(f"{model_dir} holds no model llavakit can run (no config.json)")
+
+
+class Pipeline:
+    """Load a model once; generate, stream, or chat with it."""
+
+    def __init__(self, model: str | Path, backend: str | None = None, device: str | None = None) -> None:
+        self.model_dir = resolve_source(model, "model")
+        self.backend_name = backend or choose_backend(self.model_dir)
+        if self.backend_name not in BACKENDS:
+            raise LlavakitError(f"unknown backend {self.backend_name!r}; available: {list(BACKENDS)}")
+        from llavakit.runtime.torch_backend import TorchBackend  # torch only when asked for
+
+        self.backend = TorchBackend(self.model_dir, device=device)
+
+    def generate(self, prompt: str, images: Sequence[ImageLike] = (), system: str | None = None,
+                 **settings: Any) -> GenerationResult:
+        """Answer one prompt about ``images``; returns text, generated token ids and metrics.
+
+        ``settings`` are :class:`GenerationConfig` fields: max_new_tokens, do_sample,
+        temperature, top_k, top_p, repetition_penalty, seed, stop.
+        """
+        return self.stream(prompt, images, system, **settings).finish()
+
+    def stream(self, prompt: str, images: Sequence[ImageLike] = (), system: str | None = None,
+               **settings: Any) -> Generation:
+        """Like :meth:`generate`, but iterate the returned object for text pieces as they come."""
+        loaded = load_images(images)
+        messages = _system(system) + [{"role": "user", "content": user_content(prompt, len(loaded))}]
+        return self.stream_messages(messages, loaded, **settings)
+
+    def stream_messages(self, messages: list[dict], images: list, **settings: Any) -> Generation:
+        """Run a whole conversation (list-of-parts messages) whose image parts ``images`` fill in order."""
+        cfg = make_config(**settings)
+        prepared = self.backend.prepare(messages, images)
+        generation = start_generation(self.backend, prepared, cfg)
+        return generation.on_finish(lambda result: setattr(result.metrics, "images", len(images)))
+
+    def chat(self, system: str | None = None) -> ChatSession:
+        """Start a multi-turn conversation."""
+        return ChatSession(self, system)
+
+
+class ChatSession:
+    """A conversation: turns and their images. ``send``/``stream`` add a turn."""
+
+    def __init__(self, pipeline: Pipeline, system: str | None = None) -> None:
+        self.pipeline = pipeline
+        self.system = system
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every turn and image."""
+        self.messages: list[dict] = _system(self.system)
+        self.images: list = []
+        self.pending_images: list = []
+
+    def add_image(self, image: ImageLike) -> None:
+        """Attach an image to the next user turn (checked now, so a bad file is reported at once)."""
+        self.pending_images.extend(load_images([image]))
+
+    def send(self, text: str, images: Sequence[ImageLike] = (), **settings: Any) -> GenerationResult:
+        """Ask one question; returns the answer and keeps it in the history."""
+        return self.stream(text, images, **settings).finish()
+
+    def stream(self, text: str, images: Sequence[ImageLike] = (), **settings: Any) -> Generation:
+        """Ask one question and stream the answer; the turn is recorded once the answer is complete."""
+        new_images = self.pending_images + load_images(images)
+        turn = {"role": "user", "content": user_content(text, len(new_images))}
+        messages = self.messages + [turn]
+        generation = self.pipeline.stream_messages(messages, self.images + new_images, **settings)
+        return generation.on_finish(lambda result: self._record(turn, new_images, result))
+
+    def _record(self, turn: dict, new_images: list, result: GenerationResult) -> None:
+        self.messages += [turn, {"role": "assistant", "content": [{"type": "text", "text": result.text}]}]
+        self.images += new_images
+        self.pending_images = []
+
+
+def make_config(**settings: Any) -> GenerationConfig:
+    """Build a GenerationConfig, refusing unknown setting names clearly."""
+    known = GenerationConfig.__dataclass_fields__
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise LlavakitError(f"unknown generation setting(s) {unknown}; known: {sorted(known)}")
+    if isinstance(settings.get("stop"), str):
+        settings["stop"] = (settings["stop"],)
+    cfg = GenerationConfig(**settings)
+    cfg.stop = tuple(cfg.stop or ())
+    return cfg
+
+
+def _system(system: str | None) -> list[dict]:
+    return [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []

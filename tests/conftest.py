@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny random checkpoints written once per test session.
+
+No hub here, so every test model is built with transformers' own config
+classes by :mod:`llavakit.checkpoints.random_parts`, saved in the plain HF
+layout, and loaded back through llavakit's real loading code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from transformers.utils import logging as hf_logging
+
+from llavakit.checkpoints.build import build_llava
+from llavakit.checkpoints.random_parts import make_random_lm, make_random_vision
+
+hf_logging.set_verbosity_error()
+hf_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def parts(tmp_path_factory: pytest.TempPathFactory):
+    """Factory for tiny source parts, cached per session: parts('lm', 'qwen2'), parts('vision', 'clip')."""
+    root = tmp_path_factory.mktemp("parts")
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(kind: str, name: str) -> Path:
+        if (kind, name) not in made:
+            target = root / f"{kind}-{name}"
+            if kind == "lm":
+                made[(kind, name)] = make_random_lm(name, target)
+            elif name == "clip-full":
+                made[(kind, name)] = make_random_vision("clip", target, full_model=True)
+            else:
+                made[(kind, name)] = make_random_vision(name, target)
+        return made[(kind, name)]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(parts, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LLaVA (random CLIP + random Llama) built once for the session."""
+    out = tmp_path_factory.mktemp("llava") / "tiny-llava"
+    return build_llava(parts("vision", "clip"), parts("lm", "llama"), out)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_llava: Path):
+    from llavakit import Pipeline
+
+    return Pipeline(tiny_llava, backend="torch")
+
+
+@pytest.fixture()
+def red_image() -> Image.Image:
+    return Image.new("RGB", (40, 30), (200, 30, 30))

@@ -120,7 +120,8 @@ def demo(
     pipe = open_pipeline("demo", None, None, err)
     picture = str(image or EXAMPLE_IMAGE)
     out.print(f"[dim]image:[/] {picture}\n[dim]you:[/] {question}")
-    one_shot(pipe, question, [picture], None, {"max_new_tokens": max_new_tokens}, out, err, True)
+    settings = {"max_new_tokens": max_new_tokens, "repetition_penalty": 1.2}  # a 135M LM loops without it
+    one_shot(pipe, question, [picture], None, settings, out, err, True)
 
 
 def main() -> None:  # pragma: no cover - console entry

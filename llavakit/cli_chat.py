@@ -30,6 +30,7 @@ def print_stream(generation: Generation, out: Console, err: Console, stats: bool
         out.file.write(piece)
         out.file.flush()
     out.file.write("\n")
+    out.file.flush()
     result = generation.result
     if stats and result is not None:
         m = result.metrics

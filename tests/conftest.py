@@ -57,3 +57,9 @@ def tiny_pipeline(tiny_llava: Path):
 @pytest.fixture()
 def red_image() -> Image.Image:
     return Image.new("RGB", (40, 30), (200, 30, 30))
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One llavakit cache for the session, so SmolLM2 is converted at most once."""
+    return tmp_path_factory.mktemp("llavakit-cache")

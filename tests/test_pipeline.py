@@ -143,3 +143,12 @@ def test_unknown_backend_and_device(tiny_llava):
 def test_reserved_names_say_what_to_do():
     with pytest.raises(LlavakitError, match="'budget' is not available"):
         Pipeline("budget")
+
+
+@pytest.mark.parametrize("mode,size", [("RGBA", (1, 1)), ("I;16", (33, 17)), ("CMYK", (20, 200)), ("P", (300, 7)),
+                                       ("L", (1, 1)), ("1", (64, 64))])
+def test_unusual_images_run_end_to_end(tiny_pipeline, tmp_path, mode, size):
+    path = tmp_path / ("image.tiff" if mode == "CMYK" else "image.png")
+    Image.new(mode, size).save(path)
+    result = tiny_pipeline.generate("What is it?", images=[path], max_new_tokens=3)
+    assert len(result.token_ids) >= 1

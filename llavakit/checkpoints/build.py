@@ -24,8 +24,6 @@ fresh projector are new).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -42,6 +40,7 @@ from transformers import (
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
+from llavakit.checkpoints.atomic import atomic_directory
 from llavakit.checkpoints.resolve import resolve_source
 from llavakit.data.chat_templates import IMAGE_TOKEN, resolve_chat_template
 from llavakit.errors import BuildError
@@ -118,7 +117,7 @@ def build_llava(
     )
     tokenizer.chat_template = template
     record = {"built_by": "llavakit", "vision": str(vision), "lm": str(lm), "projector": projector}
-    return _write_atomically(out, model, processor, record, force)
+    return _write(out, model, processor, record)
 
 
 def _lm_chat_template(lm_dir: Path) -> str | None:
@@ -178,20 +177,10 @@ def _assemble(
     return model
 
 
-def _write_atomically(
-    out: Path, model: LlavaForConditionalGeneration, processor: LlavaProcessor, record: dict, force: bool
-) -> Path:
-    """Save into a temporary sibling directory, then move it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+def _write(out: Path, model: LlavaForConditionalGeneration, processor: LlavaProcessor, record: dict) -> Path:
+    """Save model, processor and a record of the sources, all-or-nothing."""
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "llavakit_build.json").write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists() and force:
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

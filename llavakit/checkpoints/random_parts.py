@@ -21,8 +21,11 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    AutoModelForCausalLM,
+    CLIPConfig,
     CLIPImageProcessor,
     CLIPModel,
+    CLIPTextConfig,
     CLIPVisionConfig,
     CLIPVisionModel,
     LlamaConfig,
@@ -35,7 +38,6 @@ from transformers import (
     SiglipVisionModel,
     StableLmConfig,
 )
-from transformers import AutoModelForCausalLM, CLIPConfig, CLIPTextConfig
 
 LM_FAMILIES = ("llama", "mistral", "qwen2", "phi", "stablelm")
 VISION_KINDS = ("clip", "siglip")

@@ -75,12 +75,45 @@ def build(
 
 @app.command()
 @friendly_errors
+def export(
+    model: Annotated[str, typer.Argument(help="HF-format LLaVA: a local directory or a hub id.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the OpenVINO model to.")],
+    weights: Annotated[str, typer.Option(help="Language model precision: fp32, fp16, int8 or int4.")] = "int4",
+    lm_mode: Annotated[str, typer.Option(help="INT4 flavour: int4_sym or int4_asym.")] = "int4_sym",
+    group_size: Annotated[int, typer.Option(help="INT4 group size (-1: per channel).")] = 64,
+    ratio: Annotated[float, typer.Option(help="Share of LM layers in INT4; the rest INT8.")] = 0.6,
+    all_layers: Annotated[bool, typer.Option(help="Also compress embeddings and LM head to INT4.")] = False,
+    awq: Annotated[bool, typer.Option(help="Activation-aware INT4 (uses calibration data).")] = False,
+    scale_estimation: Annotated[bool, typer.Option(help="Scale estimation (uses calibration data).")] = False,
+    vision: Annotated[str, typer.Option(help="Vision encoder: int8 (PTQ), int8_weights, fp16 or fp32.")] = "int8",
+    text_embeddings: Annotated[str, typer.Option(help="Text embeddings: int8, fp16 or fp32.")] = "int8",
+    calibration: Annotated[
+        Optional[str], typer.Option(help="Folder of images or LLaVA JSON for calibration (default: synthetic).")
+    ] = None,
+    calibration_size: Annotated[int, typer.Option(help="Calibration samples.")] = 32,
+    force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
+) -> None:
+    """Export to OpenVINO (GenAI layout) and compress with NNCF: INT4 LM, INT8 vision by default."""
+    from llavakit.export.compress import CompressionOptions
+    from llavakit.export.exporter import export_openvino
+    from llavakit.export.report import print_report
+
+    options = CompressionOptions(weights=weights, lm_mode=lm_mode, group_size=group_size, ratio=ratio,
+                                 all_layers=all_layers, awq=awq, scale_estimation=scale_estimation, vision=vision,
+                                 text_embeddings=text_embeddings, calibration_size=calibration_size)
+    path = export_openvino(model, out_dir, options, calibration=calibration, force=force)
+    print_report(path, out)
+
+
+@app.command()
+@friendly_errors
 def chat(
     model: Annotated[str, typer.Argument(help="Model directory, hub id, or 'demo'.")],
     question: Annotated[Optional[str], typer.Argument(help="Ask once and exit; omit for an interactive chat.")] = None,
     image: Annotated[Optional[list[Path]], typer.Option("--image", "-i", help="Image file (repeatable).")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="torch; default: chosen from the model directory.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, auto.")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="openvino (default) or torch.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="OpenVINO: CPU, GPU, NPU, AUTO; torch: cpu, cuda.")] = None,
+    weights: Annotated[str, typer.Option(help="Precision when a HF checkpoint is exported on first use.")] = "int4",
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
@@ -97,7 +130,7 @@ def chat(
     settings = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
                     top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
                     stop=tuple(stop or ()))
-    pipe = open_pipeline(model, backend, device, err)
+    pipe = open_pipeline(model, backend, device, err, weights)
     images = [str(p) for p in image or []]
     if question is None:
         interactive(pipe, images, system, settings, out, err, stats)

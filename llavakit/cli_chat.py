@@ -18,10 +18,11 @@ from llavakit.runtime.pipeline import ChatSession, Pipeline
 HELP = "commands: /image PATH (attach to next question), /reset (new conversation), /exit (or Ctrl-D)"
 
 
-def open_pipeline(model: str, backend: str | None, device: str | None, err: Console) -> Pipeline:
-    """Load the model with a spinner on stderr."""
-    with err.status(f"loading {model}..."):
-        return Pipeline(model, backend=backend, device=device)
+def open_pipeline(model: str, backend: str | None, device: str | None, err: Console,
+                  weights: str = "int4") -> Pipeline:
+    """Load the model with a spinner on stderr (the first use of a HF checkpoint exports it)."""
+    with err.status(f"loading {model} (a HF checkpoint is exported to OpenVINO once, then cached)..."):
+        return Pipeline(model, backend=backend, device=device, weights=weights)
 
 
 def print_stream(generation: Generation, out: Console, err: Console, stats: bool) -> None:

@@ -20,6 +20,10 @@ class PromptError(LlavakitError):
     """A prompt is malformed: wrong number of ``<image>`` tags, too long for the context, ..."""
 
 
+class ContextOverflowError(PromptError):
+    """The conversation does not fit the model's context window."""
+
+
 class ModelLoadError(LlavakitError):
     """A model directory or hub id could not be found or does not hold a supported model."""
 

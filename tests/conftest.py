@@ -63,3 +63,20 @@ def red_image() -> Image.Image:
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One llavakit cache for the session, so SmolLM2 is converted at most once."""
     return tmp_path_factory.mktemp("llavakit-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_llava: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny LLaVA exported to OpenVINO at fp32 (exact parity with transformers is expected)."""
+    from llavakit.export.compress import CompressionOptions
+    from llavakit.export.exporter import export_openvino
+
+    options = CompressionOptions(weights="fp32", vision="fp32", text_embeddings="fp32")
+    return export_openvino(tiny_llava, tmp_path_factory.mktemp("ov") / "tiny-ov", options, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def ov_pipeline(tiny_export: Path):
+    from llavakit import Pipeline
+
+    return Pipeline(tiny_export, precise=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 IMAGE_TOKEN = "<image>"
 
 #: LLaVA-1.5 ("vicuna_v1") format: "SYSTEM USER: <image>\nQ ASSISTANT: A</s>USER: Q2 ASSISTANT:".
-#: Assistant text sits in {% generation %} blocks so transformers can return assistant masks.
+#: Plain Jinja only (no transformers-specific tags) so OpenVINO GenAI's renderer runs it too.
 VICUNA_TEMPLATE = (
     "{%- set ns = namespace(system=\"A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions.\") -%}"
@@ -36,7 +36,7 @@ VICUNA_TEMPLATE = (
     "{{ bos_token if bos_token else '' }}{{ ns.system }}{{ ' ' if ns.system else '' }}"
     "{%- for message in messages if message['role'] != 'system' -%}"
     "{%- if message['role'] == 'user' -%}{{ 'USER: ' + render(message['content']) + ' ' }}"
-    "{%- else -%}{{ 'ASSISTANT: ' }}{% generation %}{{ render(message['content']) + eos_token }}{% endgeneration %}"
+    "{%- else -%}{{ 'ASSISTANT: ' + render(message['content']) + eos_token }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"

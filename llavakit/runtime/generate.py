@@ -13,10 +13,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from llavakit.errors import PromptError
+from llavakit.errors import ContextOverflowError
 from llavakit.runtime.sampling import sample_next
 from llavakit.runtime.text_stream import TextStream
 from llavakit.runtime.types import GenerationConfig, GenerationResult, Metrics
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 class Backend(Protocol):
@@ -75,7 +84,7 @@ def start_generation(backend: Backend, prepared: Any, cfg: GenerationConfig) -> 
     cfg.validate()
     n_prompt = backend.prompt_length(prepared)
     if n_prompt >= backend.max_context:
-        raise PromptError(
+        raise ContextOverflowError(
             f"the prompt is {n_prompt} tokens (image tokens included) but the model's context is "
             f"{backend.max_context} tokens: shorten the text, use fewer images, or start a new chat"
         )
@@ -126,5 +135,8 @@ def _run(backend: Backend, prepared: Any, cfg: GenerationConfig, n_prompt: int, 
             time_to_first_token_s=first_token_at - start,
             decode_tokens_per_s=(len(ids) - 1) / decode_s if len(ids) > 1 and decode_s > 0 else 0.0,
             total_s=end - start,
+            cached_tokens=getattr(backend, "cached_tokens", 0),
+            image_encode_s=getattr(backend, "image_encode_s", 0.0),
+            peak_rss_mb=peak_rss_mb(),
         ),
     ))

@@ -20,34 +20,50 @@ from pathlib import Path
 from typing import Any
 
 from llavakit.checkpoints.resolve import resolve_source
-from llavakit.errors import LlavakitError, ModelLoadError
+from llavakit.errors import ContextOverflowError, LlavakitError
 from llavakit.images import load_images
 from llavakit.runtime.generate import Generation, start_generation
-from llavakit.runtime.prompt import user_content
+from llavakit.runtime.prompt import count_images, user_content
 from llavakit.runtime.types import GenerationConfig, GenerationResult
 
-BACKENDS = ("torch",)
+BACKENDS = ("openvino", "torch")
 ImageLike = Any  # PIL.Image.Image | str | os.PathLike | bytes
 
 
-def choose_backend(model_dir: Path) -> str:
-    """Pick the backend that can run what ``model_dir`` holds."""
-    if (model_dir / "config.json").is_file():
-        return "torch"
-    raise ModelLoadError(f"{model_dir} holds no model llavakit can run (no config.json)")
-
-
 class Pipeline:
-    """Load a model once; generate, stream, or chat with it."""
+    """Load a model once; generate, stream, or chat with it.
 
-    def __init__(self, model: str | Path, backend: str | None = None, device: str | None = None) -> None:
+    ``backend`` is "openvino" (the default: an exported directory runs as is, a
+    HF checkpoint is exported once into the cache at ``weights`` precision) or
+    "torch" (the transformers reference; needs the HF checkpoint). ``device``
+    uses each backend's names (OpenVINO: CPU, GPU, NPU, AUTO; torch: cpu, cuda).
+    ``precise=True`` asks OpenVINO for fp32 compute and KV cache (for parity
+    checks); ``properties`` passes any other OpenVINO compile setting.
+    """
+
+    def __init__(self, model: str | Path, backend: str | None = None, device: str | None = None,
+                 weights: str = "int4", precise: bool = False, properties: dict | None = None) -> None:
+        from llavakit.export.layout import is_exported
+
         self.model_dir = resolve_source(model, "model")
-        self.backend_name = backend or choose_backend(self.model_dir)
+        self.backend_name = backend or "openvino"
         if self.backend_name not in BACKENDS:
             raise LlavakitError(f"unknown backend {self.backend_name!r}; available: {list(BACKENDS)}")
-        from llavakit.runtime.torch_backend import TorchBackend  # torch only when asked for
+        exported = is_exported(self.model_dir)
+        if self.backend_name == "torch":
+            if exported:
+                raise LlavakitError(f"{self.model_dir} is an OpenVINO export; the torch backend needs the HF checkpoint")
+            from llavakit.runtime.torch_backend import TorchBackend  # torch only when asked for
 
-        self.backend = TorchBackend(self.model_dir, device=device)
+            self.backend = TorchBackend(self.model_dir, device=device)
+            return
+        if not exported:
+            from llavakit.export.cache import ensure_exported  # exporting needs torch; running does not
+
+            self.model_dir = ensure_exported(self.model_dir, weights)
+        from llavakit.runtime.ov_backend import OpenVINOBackend
+
+        self.backend = OpenVINOBackend(self.model_dir, device=device, properties=properties, precise=precise)
 
     def generate(self, prompt: str, images: Sequence[ImageLike] = (), system: str | None = None,
                  **settings: Any) -> GenerationResult:
@@ -72,17 +88,20 @@ class Pipeline:
         generation = start_generation(self.backend, prepared, cfg)
         return generation.on_finish(lambda result: setattr(result.metrics, "images", len(images)))
 
-    def chat(self, system: str | None = None) -> ChatSession:
-        """Start a multi-turn conversation."""
-        return ChatSession(self, system)
+    def chat(self, system: str | None = None, overflow: str = "error") -> ChatSession:
+        """Start a multi-turn conversation; ``overflow="drop_oldest"`` forgets old turns instead of failing."""
+        return ChatSession(self, system, overflow)
 
 
 class ChatSession:
     """A conversation: turns and their images. ``send``/``stream`` add a turn."""
 
-    def __init__(self, pipeline: Pipeline, system: str | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, system: str | None = None, overflow: str = "error") -> None:
+        if overflow not in ("error", "drop_oldest"):
+            raise LlavakitError(f"overflow must be 'error' or 'drop_oldest', got {overflow!r}")
         self.pipeline = pipeline
         self.system = system
+        self.overflow = overflow
         self.reset()
 
     def reset(self) -> None:
@@ -103,13 +122,24 @@ class ChatSession:
         """Ask one question and stream the answer; the turn is recorded once the answer is complete."""
         new_images = self.pending_images + load_images(images)
         turn = {"role": "user", "content": user_content(text, len(new_images))}
-        messages = self.messages + [turn]
-        generation = self.pipeline.stream_messages(messages, self.images + new_images, **settings)
-        return generation.on_finish(lambda result: self._record(turn, new_images, result))
+        history, old_images = list(self.messages), list(self.images)
+        while True:
+            try:
+                generation = self.pipeline.stream_messages(history + [turn], old_images + new_images, **settings)
+                break
+            except ContextOverflowError:
+                first = next((i for i, m in enumerate(history) if m["role"] != "system"), None)
+                if self.overflow != "drop_oldest" or first is None:
+                    raise
+                dropped = history[first : first + 2]  # the oldest user turn and its answer
+                history = history[:first] + history[first + 2 :]
+                old_images = old_images[count_images(dropped):]
+        return generation.on_finish(lambda result: self._record(history, old_images, turn, new_images, result))
 
-    def _record(self, turn: dict, new_images: list, result: GenerationResult) -> None:
-        self.messages += [turn, {"role": "assistant", "content": [{"type": "text", "text": result.text}]}]
-        self.images += new_images
+    def _record(self, history: list, old_images: list, turn: dict, new_images: list, result: GenerationResult) -> None:
+        answer = {"role": "assistant", "content": [{"type": "text", "text": result.text}]}
+        self.messages = history + [turn, answer]
+        self.images = old_images + new_images
         self.pending_images = []
 
 

@@ -45,9 +45,12 @@ class Metrics:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     images: int = 0
+    cached_tokens: int = 0  # prompt tokens answered from the KV cache of earlier requests
+    image_encode_s: float = 0.0
     time_to_first_token_s: float = 0.0
     decode_tokens_per_s: float = 0.0
     total_s: float = 0.0
+    peak_rss_mb: float = 0.0  # the process's peak resident memory so far
 
     def as_dict(self) -> dict:
         return asdict(self)

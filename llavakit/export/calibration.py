@@ -1,0 +1,63 @@
+"""Calibration images for INT8 post-training quantization of the vision encoder.
+
+Activation ranges are learned from real inputs, so ``--calibration`` takes a
+folder of images or a LLaVA-format JSON dataset (its ``image`` fields, relative
+to the JSON file). With nothing given we synthesise varied scenes —
+gradients, noise, shapes of many colours and sizes — deterministically, so an
+export is reproducible offline; real images from your domain calibrate better.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from llavakit.errors import LlavakitError
+from llavakit.images import load_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def calibration_pixel_values(source: str | Path | None, processor, count: int) -> list[np.ndarray]:
+    """``count`` preprocessed images, each (1, 3, H, W) float32, from ``source`` or synthesised."""
+    images = _images_from(Path(source), count) if source else synthetic_images(count)
+    return [processor.image_processor(images=[im], return_tensors="np")["pixel_values"].astype(np.float32)
+            for im in images]
+
+
+def _images_from(source: Path, count: int) -> list[Image.Image]:
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif source.suffix == ".json" and source.is_file():
+        records = json.loads(source.read_text())
+        paths = [source.parent / r["image"] for r in records if isinstance(r, dict) and r.get("image")]
+    else:
+        raise LlavakitError(f"calibration source {source} is neither a folder of images nor a LLaVA JSON file")
+    if not paths:
+        raise LlavakitError(f"no images found in calibration source {source} (looked for {sorted(IMAGE_SUFFIXES)})")
+    return [load_image(p) for p in paths[:count]]
+
+
+def synthetic_images(count: int, size: int = 336, seed: int = 0) -> list[Image.Image]:
+    """Deterministic, varied RGB scenes: a gradient or noise background with random shapes."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        w, h = (int(v) for v in rng.integers(size // 2, size * 2, size=2))
+        if rng.random() < 0.5:
+            ramp = np.linspace(0, 1, w)[None, :, None] * rng.random(3) + np.linspace(0, 1, h)[:, None, None] * rng.random(3)
+            background = (255 * ramp / max(ramp.max(), 1e-6)).astype(np.uint8)  # (h, w, 3)
+        else:
+            background = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        image = Image.fromarray(background)
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(1, 6))):
+            x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+            x1, y1 = x0 + int(rng.integers(8, w // 2 + 9)), y0 + int(rng.integers(8, h // 2 + 9))
+            colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+        images.append(image)
+    return images

@@ -1,0 +1,145 @@
+"""``llavakit export``: a HF-format LLaVA → an OpenVINO GenAI-layout directory, compressed.
+
+What lands in the output directory (names in ``layout.py``):
+- three IR models (vision embeddings, text embeddings, stateful language model),
+- ``openvino_tokenizer.xml`` / ``openvino_detokenizer.xml`` (openvino-tokenizers),
+- the json configs OpenVINO GenAI reads (config, generation config, the image
+  processor as ``preprocessor_config.json``) and the HF tokenizer files, so
+  ``openvino_genai.VLMPipeline(DIR, "CPU")`` loads it as well as llavakit does,
+- ``llavakit_export.json``: each part's precision, size on disk and time taken.
+
+Compression (``compress.py``) happens between conversion and saving, part by
+part, so peak memory holds one part at a time next to the torch model. The
+whole directory is written to a temporary sibling and swapped in at the end
+(``checkpoints/atomic.py``): an interrupted export never leaves a directory
+that later loads half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import openvino as ov
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from llavakit.checkpoints.atomic import atomic_directory
+from llavakit.checkpoints.resolve import resolve_source
+from llavakit.errors import LlavakitError, ModelLoadError
+from llavakit.export import layout
+from llavakit.export.calibration import calibration_pixel_values
+from llavakit.export.compress import (
+    CompressionOptions,
+    compress_language_model,
+    compress_text_embeddings,
+    describe_precision,
+    quantize_vision,
+)
+from llavakit.export.convert import convert_language_model, convert_text_embeddings, convert_vision
+
+SUPPORTED = ("llava",)
+
+
+def export_openvino(
+    model: str | Path,
+    out: str | Path,
+    options: CompressionOptions | None = None,
+    calibration: str | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+) -> Path:
+    """Export ``model`` to ``out`` and return ``out``; ``options.weights`` picks fp32/fp16/int8/int4."""
+    options = options or CompressionOptions()
+    out = Path(out)
+    if out.exists() and not force:
+        raise LlavakitError(f"output directory {out} already exists; pass --force to replace it")
+    source = resolve_source(model, "model")
+    hf_model, processor = _load(source)
+    report: dict = {"source": str(model), "options": asdict(options), "parts": {}, "versions": _versions()}
+    steps = [
+        ("vision embeddings", layout.VISION_EMBEDDINGS,
+         lambda: quantize_vision(convert_vision(hf_model), options,
+                                 calibration_pixel_values(calibration, processor, options.calibration_size)
+                                 if options.vision == "int8" else None)),
+        ("text embeddings", layout.TEXT_EMBEDDINGS,
+         lambda: compress_text_embeddings(convert_text_embeddings(hf_model), options)),
+        ("language model", layout.LANGUAGE_MODEL,
+         lambda: compress_language_model(convert_language_model(hf_model), options)),
+    ]
+    with atomic_directory(out) as tmp, _progress(show_progress) as progress:
+        task = progress.add_task("export", total=len(steps) + 1)
+        for label, filename, make in steps:
+            progress.update(task, description=f"converting {label}")
+            start = time.perf_counter()
+            ov_model = make()
+            _save(ov_model, tmp / filename, fp16=options.weights == "fp16")
+            report["parts"][label] = {
+                "file": filename,
+                "precision": describe_precision(ov_model),
+                "bytes": (tmp / filename).with_suffix(".bin").stat().st_size,
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+            del ov_model
+            progress.advance(task)
+        progress.update(task, description="tokenizer and configs")
+        start = time.perf_counter()
+        _write_tokenizers(processor, tmp)
+        _write_configs(source, processor, tmp)
+        report["parts"]["tokenizer"] = {"file": layout.TOKENIZER, "seconds": round(time.perf_counter() - start, 2)}
+        (tmp / layout.EXPORT_REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        progress.advance(task)
+    return out
+
+
+def _load(source: Path):
+    """The torch model in fp32 (tracing wants one dtype) and its processor."""
+    config = json.loads((source / "config.json").read_text())
+    if config.get("model_type") not in SUPPORTED:
+        raise ModelLoadError(f"{source} holds a {config.get('model_type')!r} model; export supports {SUPPORTED}")
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype="float32").eval()
+    return model, AutoProcessor.from_pretrained(source)
+
+
+def _save(model: ov.Model, path: Path, fp16: bool) -> None:
+    ov.save_model(model, path, compress_to_fp16=fp16)
+
+
+def _write_tokenizers(processor, out: Path) -> None:
+    """openvino-tokenizers models plus the HF tokenizer files (GenAI reads the chat template from them)."""
+    from openvino_tokenizers import convert_tokenizer
+
+    tokenizer, detokenizer = convert_tokenizer(processor.tokenizer, with_detokenizer=True, skip_special_tokens=True)
+    ov.save_model(tokenizer, out / layout.TOKENIZER)
+    ov.save_model(detokenizer, out / layout.DETOKENIZER)
+    processor.tokenizer.save_pretrained(out)
+
+
+def _write_configs(source: Path, processor, out: Path) -> None:
+    """config.json and generation_config.json as in the source; the image processor for GenAI."""
+    for name in (layout.CONFIG, layout.GENERATION_CONFIG):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+    image_processor = processor.image_processor.to_dict()
+    image_processor["image_processor_type"] = type(processor.image_processor).__name__.removesuffix("Pil")
+    (out / layout.PREPROCESSOR_CONFIG).write_text(json.dumps(image_processor, indent=2) + "\n")
+    for name in ("processor_config.json", layout.CHAT_TEMPLATE):  # the LLaVA processor settings, the template
+        if (source / name).is_file():
+            shutil.copyfile(source / name, out / name)
+
+
+def _versions() -> dict[str, str]:
+    import nncf
+    import openvino_tokenizers
+    import transformers
+
+    return {"openvino": ov.__version__, "nncf": nncf.__version__, "transformers": transformers.__version__,
+            "openvino_tokenizers": openvino_tokenizers.__version__}
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                    disable=not enabled, transient=True)

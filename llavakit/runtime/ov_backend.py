@@ -1,0 +1,248 @@
+"""The OpenVINO engine: runs an exported directory with no torch and no transformers.
+
+Pieces: openvino-tokenizers models for text ↔ ids, :mod:`chat_render` for the
+chat template, :mod:`image_processing` (NumPy) for pixels, and the three IR
+models. The language model is stateful: its KV cache lives in the infer
+request, so a decode step feeds one token's embedding.
+
+Reuse, the feature that makes chat fast:
+- The engine remembers what the KV state holds as a list of position keys
+  (a token id, or ``(image digest, i)`` for the i-th feature of an image). A
+  new prompt is compared with it; the shared prefix stays in the cache (trimmed
+  to that length if the rest differs) and only the new positions are computed.
+  Turn 2 of a chat therefore prefills only turn 2, and asking the same thing
+  about the same image again costs one token.
+- Image features are cached by the digest of the preprocessed pixels, so an
+  image sent again is not re-encoded.
+
+The result must equal a from-scratch run: tests compare turn 2 with reuse
+against the same conversation prefilled from nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Hashable
+
+import numpy as np
+import openvino as ov
+from PIL import Image
+
+from llavakit.errors import LlavakitError, ModelLoadError, PromptError
+from llavakit.export import layout
+from llavakit.runtime.chat_render import ChatRenderer
+from llavakit.runtime.image_processing import ImageProcessor
+
+#: OpenVINO settings that make CPU results match transformers' fp32 (tests, parity checks).
+PRECISE = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+IMAGE_CACHE_SIZE = 32
+
+
+@dataclass
+class OVPrompt:
+    """A rendered, tokenized conversation: position keys and what to compute for each."""
+
+    token_ids: list[int]  # (T_text,) with one image token per image
+    images: list[np.ndarray]  # each (1, 3, H, W), in order
+    digests: list[str]
+    keys: list[Hashable] = field(default_factory=list)  # (T,) one per LM position, images expanded
+
+
+def pick_ov_device(core: ov.Core, device: str | None) -> str:
+    """OpenVINO device name; a missing one is an error that lists the devices present."""
+    name = (device or "CPU").upper()
+    available = core.available_devices
+    base = name.split(".")[0].split(":")[0]
+    if base in ("AUTO", "HETERO", "MULTI") or base in available or name in available:
+        return name
+    raise LlavakitError(f"device {device!r} is not available to OpenVINO; available: {available + ['AUTO']}")
+
+
+class OpenVINOBackend:
+    """Prefill/decode over an exported LLaVA directory."""
+
+    name = "openvino"
+
+    def __init__(self, model_dir: Path, device: str | None = None, properties: dict | None = None,
+                 precise: bool = False) -> None:
+        if not layout.is_exported(model_dir):
+            raise ModelLoadError(f"{model_dir} is not a complete llavakit OpenVINO export (missing {layout.REQUIRED})")
+        core = ov.Core()
+        self.device = pick_ov_device(core, device)
+        props = {**(PRECISE if precise else {}), **(properties or {})}
+        compile_ = lambda name, extra=None: core.compile_model(model_dir / name, self.device, {**props, **(extra or {})})  # noqa: E731
+        self._lm = compile_(layout.LANGUAGE_MODEL).create_infer_request()
+        self._vision = compile_(layout.VISION_EMBEDDINGS)
+        self._text = compile_(layout.TEXT_EMBEDDINGS)
+        self._tokenizer = core.compile_model(model_dir / layout.TOKENIZER, "CPU")
+        self._detokenizer = core.compile_model(model_dir / layout.DETOKENIZER, "CPU")
+        config = json.loads((model_dir / layout.CONFIG).read_text())
+        text_config = config.get("text_config", {})
+        self.image_token_id = int(config.get("image_token_id", config.get("image_token_index")))
+        self.max_context = int(text_config.get("max_position_embeddings", 4096))
+        self.eos_token_ids = _eos_ids(model_dir, text_config)
+        self.renderer = ChatRenderer.from_dir(model_dir)
+        self.image_processor = ImageProcessor.from_pretrained(model_dir)
+        self._added_prefix, self._added_suffix = self._auto_special_tokens()
+        self._state_keys: list[Hashable] = []
+        self._features: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.image_encode_s = 0.0
+        self.cached_tokens = 0
+        self._per_image: int | None = None
+
+    # --- text -------------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        ids = self._tokenizer([text])["input_ids"][0].tolist()
+        return ids
+
+    def _auto_special_tokens(self) -> tuple[list[int], list[int]]:
+        """Tokens the tokenizer adds by itself (e.g. BOS); templates write their own, so we strip these."""
+        empty, probe = self._encode(""), self._encode("a")
+        prefix = 0
+        while prefix < len(empty) and prefix < len(probe) and empty[prefix] == probe[prefix]:
+            prefix += 1
+        return empty[:prefix], empty[prefix:]
+
+    def tokenize(self, text: str) -> list[int]:
+        ids = self._encode(text)
+        if self._added_prefix and ids[: len(self._added_prefix)] == self._added_prefix:
+            ids = ids[len(self._added_prefix):]
+        if self._added_suffix and ids[-len(self._added_suffix):] == self._added_suffix:
+            ids = ids[: -len(self._added_suffix)]
+        return ids
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        if not token_ids:
+            return ""
+        return str(self._detokenizer(np.asarray([token_ids], dtype=np.int64))[0][0])
+
+    def render(self, messages: list[dict]) -> str:
+        return self.renderer.render(messages, add_generation_prompt=True)
+
+    # --- prompt -----------------------------------------------------------------------------
+    def prepare(self, messages: list[dict], images: list[Image.Image]) -> OVPrompt:
+        ids = self.tokenize(self.render(messages))
+        n_tags = sum(1 for t in ids if t == self.image_token_id)
+        if n_tags != len(images):
+            raise PromptError(f"the rendered prompt has {n_tags} image token(s) but {len(images)} image(s) were given")
+        pixels = [self.image_processor([im]) for im in images]  # each (1, 3, H, W)
+        digests = [hashlib.sha1(p.tobytes()).hexdigest() for p in pixels]
+        prompt = OVPrompt(ids, pixels, digests)
+        per_image = self.features_per_image()
+        images_seen = 0
+        for token in ids:
+            if token == self.image_token_id:
+                prompt.keys += [(digests[images_seen], j) for j in range(per_image)]
+                images_seen += 1
+            else:
+                prompt.keys.append(token)
+        return prompt
+
+    def features_per_image(self) -> int:
+        """Image positions per image (the vision model's output length), measured once."""
+        if self._per_image is None:
+            probe = self.image_processor([Image.new("RGB", (8, 8))])  # (1, 3, H, W)
+            self._per_image = int(self._vision(probe)[0].shape[1])
+        return self._per_image
+
+    def prompt_length(self, prepared: OVPrompt) -> int:
+        return len(prepared.keys)
+
+    # --- model ------------------------------------------------------------------------------
+    def prefill(self, prepared: OVPrompt) -> np.ndarray:
+        keys = prepared.keys
+        keep = _common_prefix(self._state_keys, keys, limit=len(keys) - 1)
+        self._trim_state(keep)
+        self.cached_tokens = keep
+        embeds = self._embed(prepared, keep)  # (1, T_new, D)
+        logits = self._run(embeds, start=keep)
+        self._state_keys = list(keys)
+        return logits
+
+    def decode_one(self, token_id: int) -> np.ndarray:
+        embeds = self._text(np.asarray([[token_id]], dtype=np.int64))[0]  # (1, 1, D)
+        logits = self._run(embeds, start=len(self._state_keys))
+        self._state_keys.append(token_id)
+        return logits
+
+    def _run(self, embeds: np.ndarray, start: int) -> np.ndarray:
+        length = embeds.shape[1]
+        self._lm.infer({
+            "inputs_embeds": embeds,
+            "attention_mask": np.ones((1, start + length), dtype=np.int64),
+            "position_ids": np.arange(start, start + length, dtype=np.int64)[None],
+            "beam_idx": np.zeros(1, dtype=np.int32),
+        })
+        return self._lm.get_tensor("logits").data[0, -1].copy()  # (V,)
+
+    def _embed(self, prepared: OVPrompt, start: int) -> np.ndarray:
+        """Embeddings of positions ``start:`` — text via the embedding model, images via cached features."""
+        text = self._text(np.asarray([prepared.token_ids], dtype=np.int64))[0][0]  # (T_text, D)
+        self.image_encode_s = 0.0
+        rows, image_index = [], 0
+        for i, token in enumerate(prepared.token_ids):
+            if token == self.image_token_id:
+                rows.append(self._image_features(prepared.images[image_index], prepared.digests[image_index]))
+                image_index += 1
+            else:
+                rows.append(text[i][None])
+        merged = np.concatenate(rows, axis=0)  # (T, D)
+        return np.ascontiguousarray(merged[start:][None])  # (1, T_new, D)
+
+    def _image_features(self, pixels: np.ndarray, digest: str) -> np.ndarray:
+        if digest in self._features:
+            self._features.move_to_end(digest)
+            return self._features[digest]
+        begin = time.perf_counter()
+        features = self._vision(pixels)[0][0]  # (P, D)
+        self.image_encode_s += time.perf_counter() - begin
+        self._features[digest] = features
+        if len(self._features) > IMAGE_CACHE_SIZE:
+            self._features.popitem(last=False)
+        return features
+
+    def _trim_state(self, keep: int) -> None:
+        """Cut the KV state to its first ``keep`` positions (reset when nothing is kept)."""
+        if keep == len(self._state_keys):
+            return
+        if keep == 0:
+            self._lm.reset_state()
+        else:
+            for state in self._lm.query_state():
+                data = state.state.data  # (B, H_kv, L, d)
+                state.state = ov.Tensor(np.ascontiguousarray(data[:, :, :keep]))
+        self._state_keys = self._state_keys[:keep]
+
+    def reset(self) -> None:
+        """Forget the KV state (the image feature cache stays)."""
+        self._lm.reset_state()
+        self._state_keys = []
+
+
+def _common_prefix(a: list, b: list, limit: int) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if n >= limit or x != y:
+            break
+        n += 1
+    return n
+
+
+def _eos_ids(model_dir: Path, text_config: dict) -> set[int]:
+    """eos ids from generation_config.json (int or list) and the text config."""
+    ids: set[int] = set()
+    sources = [text_config.get("eos_token_id")]
+    path = model_dir / layout.GENERATION_CONFIG
+    if path.is_file():
+        sources.append(json.loads(path.read_text()).get("eos_token_id"))
+    for src in sources:
+        if isinstance(src, int):
+            ids.add(src)
+        elif src:
+            ids.update(int(i) for i in src)
+    return ids

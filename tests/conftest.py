@@ -7,6 +7,7 @@ layout, and loaded back through llavakit's real loading code.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -59,10 +60,12 @@ def red_image() -> Image.Image:
     return Image.new("RGB", (40, 30), (200, 30, 30))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One llavakit cache for the session, so SmolLM2 is converted at most once."""
-    return tmp_path_factory.mktemp("llavakit-cache")
+    """One llavakit cache for the session (``$LLAVAKIT_CACHE``): SmolLM2 converted and models exported once."""
+    path = tmp_path_factory.mktemp("llavakit-cache")
+    os.environ["LLAVAKIT_CACHE"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

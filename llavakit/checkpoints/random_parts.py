@@ -109,8 +109,13 @@ BENCH_1B_LM = LMShape(hidden=2048, layers=22, heads=32, kv_heads=4, intermediate
 BENCH_1B_VISION = VisionShape(hidden=768, layers=12, heads=12, intermediate=3072, image_size=224, patch_size=32)
 
 
-def make_tokenizer(family: str = "llama", vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE with the special tokens (and chat template) of ``family``."""
+def make_tokenizer(family: str = "llama", vocab_size: int = 400, pad_vocab_to: int | None = None
+                   ) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE with the special tokens (and chat template) of ``family``.
+
+    ``pad_vocab_to`` fills the vocabulary with inert filler tokens up to that size, so
+    a benchmark LM of a real vocabulary size (32000) can decode every id it samples.
+    """
     specials = list(dict.fromkeys(_FAMILY_SPECIALS[family].values()))
     if family == "qwen2":
         specials.insert(0, "<|im_start|>")
@@ -124,11 +129,24 @@ def make_tokenizer(family: str = "llama", vocab_size: int = 400) -> PreTrainedTo
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    if pad_vocab_to and pad_vocab_to > tok.get_vocab_size():
+        tok = _pad_vocabulary(tok, pad_vocab_to)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **_FAMILY_SPECIALS[family])
     if family == "qwen2":
         fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     fast.chat_template = _FAMILY_TEMPLATES[family]
     return fast
+
+
+def _pad_vocabulary(tok: Tokenizer, size: int) -> Tokenizer:
+    """Rebuild the BPE with filler entries ``fill{i}`` appended (never produced by encoding)."""
+    import json
+
+    state = json.loads(tok.to_str())
+    vocab = state["model"]["vocab"]
+    for i in range(size - len(vocab)):
+        vocab[f"fill{i}"] = len(vocab)
+    return Tokenizer.from_str(json.dumps(state))
 
 
 def _lm_config(family: str, shape: LMShape, tokenizer: PreTrainedTokenizerFast):
@@ -164,7 +182,7 @@ def make_random_lm(
 ) -> Path:
     """Write a random causal LM of ``family`` (model + tokenizer) to ``out_dir`` in HF format."""
     torch.manual_seed(seed)
-    tokenizer = make_tokenizer(family)
+    tokenizer = make_tokenizer(family, pad_vocab_to=shape.vocab)
     config = _lm_config(family, shape, tokenizer)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     out = Path(out_dir)

@@ -31,6 +31,7 @@ from typing import Hashable
 
 import numpy as np
 import openvino as ov
+import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops with OpenVINO)
 from PIL import Image
 
 from llavakit.errors import LlavakitError, ModelLoadError, PromptError

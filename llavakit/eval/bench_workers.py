@@ -1,0 +1,541 @@
+"""Subprocess entry points for ``llavakit bench``: one engine (or one preparation step) per process.
+
+Why subprocesses: each engine's peak resident memory is only meaningful in a
+process that ran nothing else, and a crash or a hang in one peer must not take
+the whole benchmark down. The parent (:mod:`llavakit.eval.bench`) writes a JSON
+spec, runs
+
+    python -m llavakit.eval.bench_workers TASK SPEC.json RESULT.json
+
+and reads the result back. A worker that fails writes ``{"error": ...}``.
+
+Every engine sees the same work (:func:`workload`): a warm-up generation, then
+per repeat one *cold* request (an image and a question no engine has seen in
+this process) and one *warm* request (that same image and question again).
+Times are wall-clock from the call to the first generated token (TTFT, image
+preprocessing and tokenization included) and decode tokens/s over the tokens
+after the first. Engines that report their own figures have those recorded
+beside ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+QUESTIONS = (
+    "What is in this picture?",
+    "Describe the colours you can see in the image.",
+    "Is there any text written in this photo?",
+    "How many objects are visible here, roughly?",
+    "What mood does this image convey to you?",
+    "Which part of the picture is the brightest?",
+    "Could this image have been taken outdoors?",
+    "Describe the texture of the surface shown.",
+    "What would be a good title for this image?",
+    "Is the picture noisy or clean, and why?",
+    "Name three things this image reminds you of.",
+    "Where would you hang this picture in a house?",
+)
+
+
+# --- shared workload -------------------------------------------------------------------------
+def bench_image(index: int, size: tuple[int, int] = (320, 240)):
+    """A new picture per index: a random solid colour plus noise and a random rectangle (PIL, RGB)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1000 + index)
+    w, h = size
+    base = rng.integers(0, 256, size=3)
+    noise = rng.normal(0, 40, size=(h, w, 3))
+    pixels = np.clip(base + noise, 0, 255).astype(np.uint8)  # (H, W, 3)
+    x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+    pixels[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(0, 256, size=3)
+    return Image.fromarray(pixels)
+
+
+def question(index: int) -> str:
+    text = QUESTIONS[index % len(QUESTIONS)]
+    return text if index < len(QUESTIONS) else f"{text} (Question {index}.)"
+
+
+def workload(repeats: int) -> list[dict]:
+    """The requests every engine runs, in order: warm-up, then (cold, warm) per repeat."""
+    steps = [{"kind": "warmup", "index": 0}]
+    for r in range(repeats):
+        steps += [{"kind": "cold", "index": r + 1}, {"kind": "warm", "index": r + 1}]
+    return steps
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+WARMUP_TOKENS = 8
+
+
+def tokens_for(step: dict, max_new_tokens: int) -> int:
+    """The warm-up only has to run every kernel once: a few tokens; measured requests get the full budget."""
+    return min(WARMUP_TOKENS, max_new_tokens) if step["kind"] == "warmup" else max_new_tokens
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MiB.
+
+    VmHWM, not ``getrusage().ru_maxrss``: the latter survives ``exec`` on Linux, so a worker
+    started from a big parent would report the parent's peak.
+    """
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    return _status_mb("VmRSS") or 0.0
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.median(values)) if values else None
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians of the cold and warm runs (the warm-up is recorded but not summarized)."""
+    out: dict[str, Any] = {}
+    for kind in ("cold", "warm"):
+        picked = [r for r in runs if r["kind"] == kind]
+        if not picked:
+            continue
+        for key in picked[0]:
+            if isinstance(picked[0][key], (int, float)) and not isinstance(picked[0][key], bool) and key != "index":
+                out[f"{key}_{kind}"] = _median([r[key] for r in picked])
+    decode = [r["decode_tokens_per_s"] for r in runs if r["kind"] != "warmup" and r.get("decode_tokens_per_s")]
+    out["decode_tokens_per_s"] = _median(decode)
+    return out
+
+
+# --- preparation -------------------------------------------------------------------------------
+#: The tiny shape of ``--quick`` (tests): 4 small layers, 224-px images in 32-px patches (49 image tokens).
+QUICK_LM = {"hidden": 128, "layers": 4, "heads": 4, "kv_heads": 2, "intermediate": 256, "vocab": None}
+QUICK_VISION = {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 128, "image_size": 224, "patch_size": 32}
+
+
+def shapes(name: str):
+    """(LMShape, VisionShape) of a benchmark shape name: "bench-1b" (DESIGN.md) or "quick"."""
+    from llavakit.checkpoints.random_parts import BENCH_1B_LM, BENCH_1B_VISION, LMShape, VisionShape
+
+    if name == "bench-1b":
+        return BENCH_1B_LM, BENCH_1B_VISION
+    if name == "quick":
+        return LMShape(**QUICK_LM), VisionShape(**QUICK_VISION)
+    raise ValueError(f"unknown benchmark shape {name!r}")
+
+
+def task_build(spec: dict) -> dict:
+    """Random vision tower + random LM (HF format) → a LLaVA checkpoint; each step skipped when present."""
+    from dataclasses import asdict
+
+    root = Path(spec["root"])
+    record = root / "shape.json"  # written last: its presence means every part is there
+    if record.is_file() and all((root / part / "config.json").is_file() for part in ("lm", "vision", "llava")):
+        return {**json.loads(record.read_text()), "cached": True}
+    lm_shape, vision_shape = shapes(spec["shape"])
+    from transformers.utils import logging as hf_logging
+
+    from llavakit.checkpoints.atomic import atomic_directory
+    from llavakit.checkpoints.build import build_llava
+    from llavakit.checkpoints.random_parts import make_random_lm, make_random_vision
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    timings = {}
+    start = time.perf_counter()
+    if not (root / "lm" / "config.json").is_file():
+        with atomic_directory(root / "lm") as tmp:
+            make_random_lm("llama", tmp, lm_shape)
+    if not (root / "vision" / "config.json").is_file():
+        with atomic_directory(root / "vision") as tmp:
+            make_random_vision("clip", tmp, vision_shape)
+    timings["parts_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if not (root / "llava" / "config.json").is_file():
+        build_llava(root / "vision", root / "lm", root / "llava", force=True)
+    timings["build_s"] = time.perf_counter() - start
+    vocab = json.loads((root / "lm" / "config.json").read_text())["vocab_size"]
+    result = {"llava": str(root / "llava"), "lm": str(root / "lm"), "lm_shape": asdict(lm_shape),
+              "vision_shape": asdict(vision_shape), "lm_vocab": vocab}
+    record.write_text(json.dumps(result, indent=2) + "\n")
+    return {**result, **timings}
+
+
+def task_export(spec: dict) -> dict:
+    """Export the LLaVA with the given CompressionOptions fields (skipped when the directory is complete)."""
+    from llavakit.export import layout
+
+    out = Path(spec["out"])
+    start = time.perf_counter()
+    if not layout.is_exported(out):  # torch, transformers and NNCF only when there is work to do
+        from transformers.utils import logging as hf_logging
+
+        from llavakit.export.compress import CompressionOptions
+        from llavakit.export.exporter import export_openvino
+
+        hf_logging.set_verbosity_error()
+        export_openvino(spec["source"], out, CompressionOptions(**spec["options"]), force=True, show_progress=False)
+    report = json.loads((out / layout.EXPORT_REPORT).read_text())
+    return {"export_dir": str(out), "seconds": time.perf_counter() - start, "report": report,
+            "lm_weights": lm_weight_bytes(out / layout.LANGUAGE_MODEL)}
+
+
+_PASS_THROUGH = {"Convert", "Subtract", "Multiply", "Reshape", "Unsqueeze", "Squeeze", "Transpose", "Concat"}
+
+
+def lm_weight_bytes(xml_path: Path) -> dict:
+    """Bytes of weights one decode step reads from the language-model IR.
+
+    Every constant is read once per token except tables that are *gathered* (an
+    embedding: only the rows of the current token are touched). A constant's
+    use is found by following its consumers through the decompression ops
+    (Convert, Subtract, Multiply, Reshape...) to the op that uses the weight.
+    The LM head (the MatMul that makes ``logits``) is reported on its own.
+    """
+    import openvino as ov
+
+    model = ov.Core().read_model(xml_path)
+    head_consts = _lm_head_constants(model)
+    streamed = gathered = head = 0
+    by_type: dict[str, int] = {}
+    head_parts: list[tuple[int, str]] = []
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant":
+            continue
+        nbytes = int(op.get_byte_size())
+        if nbytes >= 1 << 20 and _ends_in_gather(op):
+            gathered += nbytes
+            continue
+        streamed += nbytes
+        etype = op.get_element_type().get_type_name()
+        by_type[etype] = by_type.get(etype, 0) + nbytes
+        if op.get_friendly_name() in head_consts:
+            head += nbytes
+            head_parts.append((nbytes, etype))
+    return {"streamed_bytes": streamed, "gathered_bytes": gathered, "lm_head_bytes": head,
+            "lm_head_weight_type": max(head_parts)[1] if head_parts else None, "streamed_bytes_by_type": by_type,
+            "bin_bytes": xml_path.with_suffix(".bin").stat().st_size}
+
+
+def _ends_in_gather(const) -> bool:
+    frontier, seen = [const.output(0)], set()
+    while frontier:
+        port = frontier.pop()
+        for target in port.get_target_inputs():
+            node = target.get_node()
+            if node.get_friendly_name() in seen:
+                continue
+            seen.add(node.get_friendly_name())
+            kind = node.get_type_name()
+            if kind == "Gather" and target.get_index() == 0:
+                return True
+            if kind in _PASS_THROUGH:
+                frontier.extend(node.outputs())
+    return False
+
+
+def _lm_head_constants(model) -> set[str]:
+    """Friendly names of the constants that feed the MatMul producing ``logits``."""
+    node = model.output("logits").get_node().input_value(0).get_node()
+    while node.get_type_name() != "MatMul" and node.get_input_size() > 0:
+        node = node.input_value(0).get_node()
+    names, frontier = set(), [node.input_value(1).get_node()] if node.get_type_name() == "MatMul" else []
+    while frontier:
+        current = frontier.pop()
+        if current.get_type_name() == "Constant":
+            names.add(current.get_friendly_name())
+        elif current.get_type_name() in _PASS_THROUGH:
+            frontier.extend(v.get_node() for v in current.input_values())
+    return names
+
+
+def task_bandwidth(spec: dict) -> dict:
+    """Memory read bandwidth: sum a large float32 array (1 thread, and split over all cores)."""
+    import threading
+
+    size_gb = float(spec.get("size_gb", 1.5))
+    passes = int(spec.get("passes", 5))
+    threads = int(spec.get("threads", os.cpu_count() or 1))
+    data = np.ones(int(size_gb * 1e9) // 4, dtype=np.float32)  # pages touched: really in memory
+    nbytes = data.nbytes
+    data.sum()  # warm
+
+    def one_thread() -> float:
+        start = time.perf_counter()
+        data.sum()
+        return nbytes / (time.perf_counter() - start) / 1e9
+
+    def many_threads() -> float:
+        chunks = np.array_split(data, threads)
+        workers = [threading.Thread(target=np.add.reduce, args=(c,)) for c in chunks]  # reductions release the GIL
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return nbytes / (time.perf_counter() - start) / 1e9
+
+    single = [one_thread() for _ in range(passes)]
+    multi = [many_threads() for _ in range(passes)]
+    return {"array_gb": nbytes / 1e9, "passes": passes, "threads": threads,
+            "single_thread_gbps": single, "all_threads_gbps": multi,
+            "single_thread_gbps_median": float(np.median(single)), "all_threads_gbps_median": float(np.median(multi)),
+            "best_gbps": float(max(single + multi))}
+
+
+# --- engines on the VLM workload -------------------------------------------------------------
+def task_llavakit(spec: dict) -> dict:
+    """llavakit's Pipeline on the exported directory."""
+    from llavakit import Pipeline
+
+    start = time.perf_counter()
+    pipe = Pipeline(spec["export_dir"], properties=spec.get("properties") or None)
+    load_s = time.perf_counter() - start
+    rss_loaded = rss_mb()
+    # llavakit has no ignore-eos setting: random weights may pick eos early, so the benchmark
+    # empties the engine's eos set (the equivalent of GenAI's ignore_eos) for a fixed token count.
+    pipe.backend.eos_token_ids = set()
+    runs = []
+    for step in workload(spec["repeats"]):
+        image, text = bench_image(step["index"]), question(step["index"])
+        begin = time.perf_counter()
+        generation = pipe.stream(text, images=[image], max_new_tokens=tokens_for(step, spec["max_new_tokens"]))
+        prepared = time.perf_counter()
+        result = generation.finish()
+        m = result.metrics
+        runs.append({
+            **step,
+            "ttft_s": (prepared - begin) + m.time_to_first_token_s,
+            "engine_ttft_s": m.time_to_first_token_s,  # llavakit's own figure: from prefill start (prompt prepared)
+            "decode_tokens_per_s": m.decode_tokens_per_s,
+            "generated_tokens": m.generated_tokens,
+            "prompt_tokens": m.prompt_tokens,
+            "cached_tokens": m.cached_tokens,
+            "image_encode_s": m.image_encode_s,
+            "total_s": time.perf_counter() - begin,
+        })
+    return {"load_s": load_s, "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak_rss_mb(), "runs": runs,
+            **summarize(runs)}
+
+
+def task_genai(spec: dict) -> dict:
+    """openvino_genai.VLMPipeline on the same exported directory, PA or SDPA attention backend."""
+    import openvino as ov
+    import openvino_genai as genai
+
+    props = {"ATTENTION_BACKEND": spec["attention_backend"], **(spec.get("properties") or {})}
+    start = time.perf_counter()
+    pipe = genai.VLMPipeline(spec["export_dir"], "CPU", **props)
+    load_s = time.perf_counter() - start
+    rss_loaded = rss_mb()
+    runs = []
+    for step in workload(spec["repeats"]):
+        image, text = bench_image(step["index"]), question(step["index"])
+        config = genai.GenerationConfig()
+        config.max_new_tokens = tokens_for(step, spec["max_new_tokens"])
+        config.do_sample = False
+        config.ignore_eos = True
+        clock = _TokenClock(genai)
+        begin = time.perf_counter()
+        tensor = ov.Tensor(np.asarray(image)[None])  # (1, H, W, 3) uint8
+        res = pipe.generate(text, images=[tensor], generation_config=config, streamer=clock.streamer)
+        end = time.perf_counter()
+        first = clock.times[:1]
+        pm = res.perf_metrics
+        generated = int(pm.get_num_generated_tokens())
+        engine_ttft = pm.get_ttft().mean / 1000
+        runs.append({
+            **step,
+            "ttft_s": (first[0] - begin) if first else engine_ttft,
+            "engine_ttft_s": engine_ttft,
+            "decode_tokens_per_s": float(pm.get_throughput().mean),
+            "wall_decode_tokens_per_s": (generated - 1) / (end - first[0]) if first and generated > 1 else None,
+            "generated_tokens": generated,
+            "prompt_tokens": int(pm.get_num_input_tokens()),
+            "total_s": end - begin,
+        })
+    return {"load_s": load_s, "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak_rss_mb(), "runs": runs,
+            **summarize(runs)}
+
+
+class _TokenClock:
+    """A GenAI token streamer that only notes when each token arrives (no detokenization)."""
+
+    def __init__(self, genai) -> None:
+        self.times: list[float] = []
+        times = self.times
+
+        class Streamer(genai.StreamerBase):
+            def write(self, token):
+                times.append(time.perf_counter())
+                return genai.StreamingStatus.RUNNING
+
+            def end(self) -> None:
+                pass
+
+        self.streamer = Streamer()
+
+
+def task_transformers(spec: dict) -> dict:
+    """transformers ``generate`` on the HF checkpoint (fp32 or bf16), timed with a streamer."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.generation.streamers import BaseStreamer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["dtype"]]
+    start = time.perf_counter()
+    model = AutoModelForImageTextToText.from_pretrained(spec["hf_dir"], dtype=dtype).eval()
+    processor = AutoProcessor.from_pretrained(spec["hf_dir"])
+    load_s = time.perf_counter() - start
+    rss_loaded = rss_mb()
+
+    class Clock(BaseStreamer):
+        def __init__(self) -> None:
+            self.calls: list[float] = []
+
+        def put(self, value) -> None:  # first call: the prompt; then one call per new token
+            self.calls.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    runs = []
+    for step in workload(spec["repeats"]):
+        if step["kind"] == "warm" and not spec.get("warm", False):
+            continue  # transformers keeps nothing between calls: warm equals cold
+        n = tokens_for(step, spec["max_new_tokens"])
+        image, text = bench_image(step["index"]), question(step["index"])
+        clock = Clock()
+        begin = time.perf_counter()
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=[image], text=prompt, return_tensors="pt")
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, streamer=clock)
+        end = time.perf_counter()
+        generated = int(out.shape[1] - inputs["input_ids"].shape[1])
+        token_times = clock.calls[1:]
+        runs.append({
+            **step,
+            "ttft_s": token_times[0] - begin,
+            "decode_tokens_per_s": (generated - 1) / (end - token_times[0]) if generated > 1 else None,
+            "generated_tokens": generated,
+            "prompt_tokens": int(inputs["input_ids"].shape[1]),
+            "total_s": end - begin,
+        })
+    return {"load_s": load_s, "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak_rss_mb(), "runs": runs,
+            "torch_threads": torch.get_num_threads(), **summarize(runs)}
+
+
+# --- the language model alone, on fixed token ids ------------------------------------------------
+def task_llavakit_lm(spec: dict) -> dict:
+    """llavakit's OpenVINO engine fed ``prompt_ids`` directly (no chat template, no image): prefill + greedy decode."""
+    from llavakit.runtime.ov_backend import OpenVINOBackend, OVPrompt
+
+    start = time.perf_counter()
+    backend = OpenVINOBackend(Path(spec["export_dir"]), properties=spec.get("properties") or None)
+    load_s = time.perf_counter() - start
+    ids = [int(i) for i in spec["prompt_ids"]]
+    n_decode = int(spec["n_decode"])
+    runs = []
+    for r in range(int(spec["repeats"]) + 1):  # the first is a warm-up
+        backend.reset()
+        prompt = OVPrompt(token_ids=list(ids), images=[], digests=[], keys=list(ids))
+        t0 = time.perf_counter()
+        logits = backend.prefill(prompt)
+        t1 = time.perf_counter()
+        for _ in range(n_decode - 1):
+            logits = backend.decode_one(int(np.argmax(logits)))
+        t2 = time.perf_counter()
+        runs.append({"kind": "warmup" if r == 0 else "cold", "index": r, "prefill_s": t1 - t0,
+                     "prefill_tokens_per_s": len(ids) / (t1 - t0),
+                     "decode_tokens_per_s": (n_decode - 1) / (t2 - t1) if n_decode > 1 else None})
+    measured = [r for r in runs if r["kind"] != "warmup"]
+    return {"load_s": load_s, "peak_rss_mb": peak_rss_mb(), "prompt_tokens": len(ids), "n_decode": n_decode,
+            "runs": runs, "prefill_s": _median([r["prefill_s"] for r in measured]),
+            "prefill_tokens_per_s": _median([r["prefill_tokens_per_s"] for r in measured]),
+            "decode_tokens_per_s": _median([r["decode_tokens_per_s"] for r in measured])}
+
+
+def task_llamacpp(spec: dict) -> dict:
+    """llama.cpp (through ``llavakit.eval.llamacpp_peer``) on the same LM weights, GGUF-converted and quantized."""
+    from llavakit.eval import llamacpp_peer as peer
+
+    work = Path(spec["work_dir"])
+    work.mkdir(parents=True, exist_ok=True)
+    f16 = work / "lm-f16.gguf"
+    quantized = work / f"lm-{spec['quant']}.gguf"
+    start = time.perf_counter()
+    if not f16.is_file():
+        peer.convert_hf_to_gguf(spec["lm_dir"], f16, "f16")
+    if not quantized.is_file():
+        peer.quantize_gguf(f16, quantized, spec["quant"])
+    prepare_s = time.perf_counter() - start
+    res = peer.bench_llamacpp(quantized, [int(i) for i in spec["prompt_ids"]], int(spec["n_decode"]) - 1,
+                              int(spec["n_threads"]), repeats=int(spec["repeats"]), warmup=True)
+    res.pop("generated_ids", None)
+    return {**res, "prepare_s": prepare_s, "prefill_tokens_per_s": res["prefill_tps"],
+            "decode_tokens_per_s": res["decode_tps"], "peak_rss_mb": peak_rss_mb(),
+            "streamed_bytes": gguf_weight_bytes(quantized)}
+
+
+def gguf_weight_bytes(path: Path) -> int:
+    """Bytes of GGUF tensors one decode step reads: all but the token-embedding table (gathered)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return int(sum(t.n_bytes for t in reader.tensors if t.name != "token_embd.weight"))
+
+
+TASKS = {
+    "build": task_build,
+    "export": task_export,
+    "bandwidth": task_bandwidth,
+    "llavakit": task_llavakit,
+    "genai": task_genai,
+    "transformers": task_transformers,
+    "llavakit_lm": task_llavakit_lm,
+    "llamacpp": task_llamacpp,
+}
+
+
+def main(argv: list[str]) -> int:
+    task, spec_path, result_path = argv
+    spec = json.loads(Path(spec_path).read_text())
+    load_before = os.getloadavg()[0]
+    try:
+        result = TASKS[task](spec)
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which keeps going
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        code = 1
+    result["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+    Path(result_path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

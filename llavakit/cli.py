@@ -94,6 +94,10 @@ def export(
     force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
 ) -> None:
     """Export to OpenVINO (GenAI layout) and compress with NNCF: INT4 LM, INT8 vision by default."""
+    import logging
+
+    import nncf
+
     from llavakit.export.compress import CompressionOptions
     from llavakit.export.exporter import export_openvino
     from llavakit.export.report import print_report
@@ -101,6 +105,7 @@ def export(
     options = CompressionOptions(weights=weights, lm_mode=lm_mode, group_size=group_size, ratio=ratio,
                                  all_layers=all_layers, awq=awq, scale_estimation=scale_estimation, vision=vision,
                                  text_embeddings=text_embeddings, calibration_size=calibration_size)
+    nncf.set_log_level(logging.ERROR)  # keep NNCF's progress bars, drop its info tables: we print our own report
     path = export_openvino(model, out_dir, options, calibration=calibration, force=force)
     print_report(path, out)
 

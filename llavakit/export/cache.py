@@ -34,5 +34,10 @@ def ensure_exported(source: Path, weights: str = "int4") -> Path:
     options = CompressionOptions(weights=weights)
     target = cache_dir() / "exports" / f"{source.name}-{weights}-{export_key(source, options)}"
     if not layout.is_exported(target):
+        import logging
+
+        import nncf
+
+        nncf.set_log_level(logging.WARNING)  # an export on first use is a side job: no statistics tables
         export_openvino(source, target, options, force=True)
     return target

@@ -28,6 +28,44 @@ def calibration_pixel_values(source: str | Path | None, processor, count: int) -
             for im in images]
 
 
+CALIBRATION_QUESTIONS = (
+    "Describe the image in detail.",
+    "What objects are in this picture, and what colour are they?",
+    "What is happening here?",
+    "Where is the largest shape?",
+)
+
+
+def language_model_calibration(model, processor, pixels: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Prefill inputs for data-aware LM compression (AWQ, scale estimation): chat prompts about the images.
+
+    Each item is what the engine feeds the stateful LM for a prompt: token embeddings with
+    the image features merged in at the ``<image>`` positions, a full mask, positions 0..T-1.
+    """
+    import torch
+
+    from llavakit.export.compress import prefill_inputs
+
+    items = []
+    for index, image_pixels in enumerate(pixels):
+        question = CALIBRATION_QUESTIONS[index % len(CALIBRATION_QUESTIONS)]
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = processor.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]  # (1, T0)
+        with torch.no_grad():
+            features = model.model.get_image_features(pixel_values=torch.from_numpy(image_pixels)).pooler_output
+            features = torch.cat(list(features), dim=0)  # (P, D)
+            embeds = []
+            for token in ids[0].tolist():
+                if token == model.config.image_token_id:
+                    embeds.append(features)
+                else:
+                    embeds.append(model.get_input_embeddings()(torch.tensor([token])))
+            merged = torch.cat(embeds, dim=0)[None]  # (1, T, D)
+        items.append(prefill_inputs(merged.numpy()))
+    return items
+
+
 def _images_from(source: Path, count: int) -> list[Image.Image]:
     if source.is_dir():
         paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -31,13 +31,14 @@ from llavakit.checkpoints.atomic import atomic_directory
 from llavakit.checkpoints.resolve import resolve_source
 from llavakit.errors import LlavakitError, ModelLoadError
 from llavakit.export import layout
-from llavakit.export.calibration import calibration_pixel_values
+from llavakit.export.calibration import calibration_pixel_values, language_model_calibration
 from llavakit.export.compress import (
     CompressionOptions,
     compress_language_model,
     compress_text_embeddings,
     describe_precision,
     quantize_vision,
+    save_as_fp16,
 )
 from llavakit.export.convert import convert_language_model, convert_text_embeddings, convert_vision
 
@@ -60,26 +61,27 @@ def export_openvino(
     source = resolve_source(model, "model")
     hf_model, processor = _load(source)
     report: dict = {"source": str(model), "options": asdict(options), "parts": {}, "versions": _versions()}
+    needs_images = options.vision == "int8" or options.data_aware
+    pixels = calibration_pixel_values(calibration, processor, options.calibration_size) if needs_images else None
+    lm_data = language_model_calibration(hf_model, processor, pixels) if options.data_aware else None
     steps = [
-        ("vision embeddings", layout.VISION_EMBEDDINGS,
-         lambda: quantize_vision(convert_vision(hf_model), options,
-                                 calibration_pixel_values(calibration, processor, options.calibration_size)
-                                 if options.vision == "int8" else None)),
-        ("text embeddings", layout.TEXT_EMBEDDINGS,
+        ("vision embeddings", "vision", layout.VISION_EMBEDDINGS,
+         lambda: quantize_vision(convert_vision(hf_model), options, pixels if options.vision == "int8" else None)),
+        ("text embeddings", "text_embeddings", layout.TEXT_EMBEDDINGS,
          lambda: compress_text_embeddings(convert_text_embeddings(hf_model), options)),
-        ("language model", layout.LANGUAGE_MODEL,
-         lambda: compress_language_model(convert_language_model(hf_model), options)),
+        ("language model", "language", layout.LANGUAGE_MODEL,
+         lambda: compress_language_model(convert_language_model(hf_model), options, lm_data)),
     ]
     with atomic_directory(out) as tmp, _progress(show_progress) as progress:
         task = progress.add_task("export", total=len(steps) + 1)
-        for label, filename, make in steps:
+        for label, part, filename, make in steps:
             progress.update(task, description=f"converting {label}")
             start = time.perf_counter()
             ov_model = make()
-            _save(ov_model, tmp / filename, fp16=options.weights == "fp16")
+            ov.save_model(ov_model, tmp / filename, compress_to_fp16=save_as_fp16(options, part))
             report["parts"][label] = {
                 "file": filename,
-                "precision": describe_precision(ov_model),
+                "precision": describe_precision(tmp / filename),  # what was written, not what was asked
                 "bytes": (tmp / filename).with_suffix(".bin").stat().st_size,
                 "seconds": round(time.perf_counter() - start, 2),
             }
@@ -102,10 +104,6 @@ def _load(source: Path):
         raise ModelLoadError(f"{source} holds a {config.get('model_type')!r} model; export supports {SUPPORTED}")
     model = AutoModelForImageTextToText.from_pretrained(source, dtype="float32").eval()
     return model, AutoProcessor.from_pretrained(source)
-
-
-def _save(model: ov.Model, path: Path, fp16: bool) -> None:
-    ov.save_model(model, path, compress_to_fp16=fp16)
 
 
 def _write_tokenizers(processor, out: Path) -> None:

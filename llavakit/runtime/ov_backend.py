@@ -38,6 +38,7 @@ from llavakit.errors import LlavakitError, ModelLoadError, PromptError
 from llavakit.export import layout
 from llavakit.runtime.chat_render import ChatRenderer
 from llavakit.runtime.image_processing import ImageProcessor
+from llavakit.runtime.types import union_of_ids
 
 #: OpenVINO settings that make CPU results match transformers' fp32 (tests, parity checks).
 PRECISE = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
@@ -235,15 +236,7 @@ def _common_prefix(a: list, b: list, limit: int) -> int:
 
 
 def _eos_ids(model_dir: Path, text_config: dict) -> set[int]:
-    """eos ids from generation_config.json (int or list) and the text config."""
-    ids: set[int] = set()
-    sources = [text_config.get("eos_token_id")]
+    """eos ids from generation_config.json and the text config."""
     path = model_dir / layout.GENERATION_CONFIG
-    if path.is_file():
-        sources.append(json.loads(path.read_text()).get("eos_token_id"))
-    for src in sources:
-        if isinstance(src, int):
-            ids.add(src)
-        elif src:
-            ids.update(int(i) for i in src)
-    return ids
+    generation = json.loads(path.read_text()) if path.is_file() else {}
+    return union_of_ids(text_config.get("eos_token_id"), generation.get("eos_token_id"))

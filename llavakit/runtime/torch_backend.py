@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache
 
 from llavakit.errors import LlavakitError, ModelLoadError, PromptError
+from llavakit.runtime.types import union_of_ids
 
 SUPPORTED_MODEL_TYPES = ("llava",)
 
@@ -58,7 +59,7 @@ class TorchBackend:
         self.tokenizer = self.processor.tokenizer
         text_config = self.model.config.get_text_config()
         self.max_context = int(getattr(text_config, "max_position_embeddings", 4096))
-        self.eos_token_ids = _eos_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        self.eos_token_ids = union_of_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         self._cache: DynamicCache | None = None
 
     def render(self, messages: list[dict]) -> str:
@@ -91,13 +92,3 @@ class TorchBackend:
     def decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
-
-def _eos_ids(*sources: int | list[int] | None) -> set[int]:
-    """Union of eos ids from the generation config and the tokenizer."""
-    ids: set[int] = set()
-    for src in sources:
-        if isinstance(src, int):
-            ids.add(src)
-        elif src:
-            ids.update(int(i) for i in src)
-    return ids

@@ -64,3 +64,14 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
     metrics: Metrics = field(default_factory=Metrics)
     finish_reason: str = "length"  # "stop" (eos or stop string) or "length"
+
+
+def union_of_ids(*sources: int | list[int] | None) -> set[int]:
+    """Token ids from config fields that hold an int, a list of ints, or nothing (eos ids)."""
+    ids: set[int] = set()
+    for src in sources:
+        if isinstance(src, int):
+            ids.add(src)
+        elif src:
+            ids.update(int(i) for i in src)
+    return ids

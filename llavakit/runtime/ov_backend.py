@@ -78,7 +78,8 @@ class OpenVINOBackend:
         self.device = pick_ov_device(core, device)
         props = {**(PRECISE if precise else {}), **(properties or {})}
         compile_ = lambda name, extra=None: core.compile_model(model_dir / name, self.device, {**props, **(extra or {})})  # noqa: E731
-        self._lm = compile_(layout.LANGUAGE_MODEL).create_infer_request()
+        language_model = keep_last_logits(core.read_model(model_dir / layout.LANGUAGE_MODEL))
+        self._lm = core.compile_model(language_model, self.device, props).create_infer_request()
         self._vision = compile_(layout.VISION_EMBEDDINGS)
         self._text = compile_(layout.TEXT_EMBEDDINGS)
         self._tokenizer = core.compile_model(model_dir / layout.TOKENIZER, "CPU")
@@ -224,6 +225,26 @@ class OpenVINOBackend:
         """Forget the KV state (the image feature cache stays)."""
         self._lm.reset_state()
         self._state_keys = []
+
+
+def keep_last_logits(model: ov.Model) -> ov.Model:
+    """Compute the LM head for the last position only.
+
+    A prefill of T tokens otherwise multiplies (T, D) by the (D, V) head and
+    throws away all but one row: for a 1B LM and a 600-token image prompt that is
+    tens of GFLOPs of the time to first token. The slice goes in front of the
+    head's MatMul, so ``logits`` becomes (B, 1, V).
+    """
+    from openvino import opset13 as ops
+
+    node = model.output("logits").get_node().input_value(0).get_node()
+    while node.get_type_name() != "MatMul":
+        node = node.input_value(0).get_node()
+    hidden = node.input_value(0)  # (B, T, D)
+    last = ops.slice(hidden, np.array([-1]), np.array([np.iinfo(np.int64).max]), np.array([1]), np.array([1]))
+    node.input(0).replace_source_output(last.output(0))  # (B, 1, D)
+    model.validate_nodes_and_infer_types()
+    return model
 
 
 def _common_prefix(a: list, b: list, limit: int) -> int:

@@ -137,18 +137,25 @@ def _find_sdist(cache_dir: Path, version: str) -> Path | None:
     return None
 
 
+def _pip_error(stderr: str) -> str:
+    """pip's ERROR lines (or its last line), each cut short: pip can print every version it knows."""
+    all_lines = stderr.strip().splitlines()
+    lines = [line for line in all_lines if line.startswith("ERROR")] or all_lines[-1:]
+    return " | ".join(line[:300] for line in lines) or "no output"
+
+
 def _download_sdist(cache_dir: Path, version: str) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
            "--dest", str(cache_dir), f"{DIST}=={version}"]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LlavakitError(f"could not run {' '.join(cmd)}: {exc}") from None
     sdist = _find_sdist(cache_dir, version)
     if proc.returncode != 0 or sdist is None:
         raise LlavakitError(
             f"llama.cpp's {CONVERTER} comes from the {DIST}=={version} sdist, and `{' '.join(cmd)}` failed "
-            f"(exit {proc.returncode}): {proc.stderr.strip()[-800:]}\n"
+            f"(exit {proc.returncode}): {_pip_error(proc.stderr)}\n"
             f"Put the sdist in {cache_dir} by hand, or point ${SOURCE_ENV} at a llama.cpp checkout."
         )
     return sdist
@@ -286,7 +293,7 @@ def convert_hf_to_gguf(
         cmd = [sys.executable, "-c", _LAUNCHER, str(script), fallback, str(hf_dir),
                "--outfile", str(tmp), "--outtype", outtype]  # fmt: skip
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise LlavakitError(f"{CONVERTER} on {hf_dir} took longer than {timeout_s:.0f}s") from None
         if proc.returncode != 0 or not tmp.is_file():
@@ -353,7 +360,8 @@ def quantize_gguf(
     name = qtype.upper()
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}", None)
     if not isinstance(ftype, int):
-        known = sorted(k.removeprefix("LLAMA_FTYPE_MOSTLY_") for k in dir(llama_cpp) if k.startswith("LLAMA_FTYPE_MOSTLY_"))
+        prefix = "LLAMA_FTYPE_MOSTLY_"
+        known = sorted(k[len(prefix):] for k in dir(llama_cpp) if k.startswith(prefix))
         raise LlavakitError(f"unknown llama.cpp quantization type {qtype!r}; choose one of {known}")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -603,7 +611,8 @@ print(_MARK + json.dumps(result), flush=True)
 
 
 def _bench_in_subprocess(kwargs: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps(kwargs), capture_output=True, text=True)
+    cmd = [sys.executable, "-c", _CHILD]
+    proc = subprocess.run(cmd, check=False, input=json.dumps(kwargs), capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(_MARK):
             return json.loads(line[len(_MARK):])

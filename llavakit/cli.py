@@ -145,6 +145,27 @@ def chat(
 
 @app.command()
 @friendly_errors
+def bench(
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write bench.json and bench.md here.")] = None,
+    peer: Annotated[
+        Optional[list[str]],
+        typer.Option(help="genai-pa, genai-sdpa, transformers-fp32, transformers-bf16, floor, llamacpp (repeatable)."),
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Cold and warm requests per engine (medians reported).")] = 3,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens decoded per request (eos ignored).")] = 64,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Cache of built/exported bench models.")] = None,
+    quick: Annotated[bool, typer.Option(help="A tiny 4-layer shape: checks the harness, not speed.")] = False,
+    lever: Annotated[Optional[list[str]], typer.Option(help="Extra LM variants to measure (repeatable).")] = None,
+) -> None:
+    """Benchmark the engine against its peers on the bench-1b shape (ratios, same run)."""
+    from llavakit.eval.bench import run_bench
+
+    run_bench(out=out_dir, peers=peer, repeats=repeats, max_new_tokens=max_new_tokens, work_dir=work_dir,
+              quick=quick, levers=lever, console=out)
+
+
+@app.command()
+@friendly_errors
 def demo(
     question: Annotated[str, typer.Argument(help="What to ask about the example image.")] = "What is in this image?",
     image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Image (default: the bundled example).")] = None,

@@ -152,3 +152,17 @@ def test_unusual_images_run_end_to_end(tiny_pipeline, tmp_path, mode, size):
     Image.new(mode, size).save(path)
     result = tiny_pipeline.generate("What is it?", images=[path], max_new_tokens=3)
     assert len(result.token_ids) >= 1
+
+
+def test_eos_stops_unless_ignored(tiny_pipeline):
+    backend = tiny_pipeline.backend
+    first = tiny_pipeline.generate("Hello", max_new_tokens=5).token_ids[0]
+    saved = set(backend.eos_token_ids)
+    backend.eos_token_ids = saved | {first}
+    try:
+        stopped = tiny_pipeline.generate("Hello", max_new_tokens=5)
+        assert stopped.token_ids == [first] and stopped.finish_reason == "stop" and stopped.text == ""
+        forced = tiny_pipeline.generate("Hello", max_new_tokens=5, ignore_eos=True)
+        assert len(forced.token_ids) == 5 and forced.finish_reason == "length"
+    finally:
+        backend.eos_token_ids = saved

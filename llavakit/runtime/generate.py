@@ -108,7 +108,7 @@ def _run(backend: Backend, prepared: Any, cfg: GenerationConfig, n_prompt: int, 
         if not ids:
             first_token_at = decode_start = time.perf_counter()
         ids.append(token)
-        if token in backend.eos_token_ids:
+        if token in backend.eos_token_ids and not cfg.ignore_eos:
             finish = "stop"
             break
         piece = stream.push(token)

@@ -21,6 +21,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # decode exactly max_new_tokens (benchmarks)
 
     def validate(self) -> None:
         """Refuse settings that cannot mean anything, naming the allowed range."""

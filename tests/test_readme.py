@@ -61,8 +61,12 @@ def test_readme_llavakit_commands_and_python(parts, tmp_path):
         for hub_id, local in swaps.items():
             command = command.replace(hub_id, local)
         interactive = command.split()[:3] == ["llavakit", "chat", "my-llava"] and len(shlex.split(command)) == 3
-        done = subprocess.run(shlex.split(command) + ([] if interactive else ["--max-new-tokens", "4"]
-                                                      if command.startswith("llavakit chat") else []),
+        extra = []
+        if command.startswith("llavakit chat") and not interactive:
+            extra = ["--max-new-tokens", "4"]
+        elif command.startswith("llavakit bench"):  # the harness on its tiny shape; tests/test_bench.py has more
+            extra = ["--quick", "--peer", "floor", "--repeats", "1", "--work-dir", str(tmp_path / "bench")]
+        done = subprocess.run(shlex.split(command) + extra,
                               cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
                               input="Hello?\n/exit\n" if interactive else None)
         assert done.returncode == 0, f"{command}\n{done.stderr}"

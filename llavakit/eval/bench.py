@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -81,7 +82,8 @@ def run_bench(
     work_dir: str | Path | None = None,
     quick: bool = False,
     levers: list[str] | None = None,
-    rounds: int = 1,
+    rounds: int | None = None,
+    quiet_wait_s: float | None = None,
     timeout_s: int = 1800,
     console: Any = None,
 ) -> dict:
@@ -90,11 +92,15 @@ def run_bench(
     ``peers``: any of genai-pa, genai-sdpa, transformers-fp32, transformers-bf16,
     floor, llamacpp (default: all; ``quick``: genai-sdpa, transformers-fp32, floor).
     ``repeats`` cold + warm requests per engine (medians reported), each of
-    ``max_new_tokens`` tokens (eos ignored). ``rounds`` > 1 runs the engines in
-    turn that many times, so a burst of background load hits all of them.
+    ``max_new_tokens`` tokens (eos ignored). ``rounds``: the engines run in turn this
+    many times (default 2, 1 with ``quick``), so a burst of background load is
+    spread over all of them; medians pool every round.
     ``work_dir`` caches the built and exported models (default
     ~/.cache/llavakit/bench). ``quick`` uses a tiny 4-layer shape (tests).
     ``levers``: extra variants measured on the LM alone: {levers}.
+    ``quiet_wait_s``: before each measured engine, wait up to this long for the CPU to
+    be under 25 % busy (shared machines; default 120 s, 0 with ``quick``); what other
+    processes used during each engine's run is recorded either way.
     Returns the report (also written to ``out``/bench.json and bench.md).
     """
     from rich.console import Console
@@ -110,28 +116,32 @@ def run_bench(
     unknown = sorted(set(levers) - set(LEVERS))
     if unknown:
         raise LlavakitError(f"unknown lever(s) {unknown}; choose from {list(LEVERS)}")
+    rounds = (1 if quick else 2) if rounds is None else rounds
     if repeats < 1 or max_new_tokens < 2 or rounds < 1:
         raise LlavakitError("repeats and rounds must be >= 1 and max_new_tokens >= 2")
     root = Path(work_dir).expanduser() if work_dir else default_work_dir()
     root = root / shape
     started = time.time()
-    runner = _Runner(root, timeout_s, console)
+    if quiet_wait_s is None:
+        quiet_wait_s = 0.0 if quick else 120.0
+    runner = _Runner(root, timeout_s, console, quiet_wait_s=quiet_wait_s)
     report: dict[str, Any] = {
         "machine": machine_info(),
         "settings": {"shape": shape, "export": export_options, "peers": peers, "repeats": repeats, "rounds": rounds,
                      "max_new_tokens": max_new_tokens, "levers": levers, "work_dir": str(root),
+                     "quiet_wait_s": quiet_wait_s,
                      "prompt_tokens_lm_only": PROMPT_TOKENS},
         "engines": {}, "errors": {}, "notes": [],
     }
     report["notes"].append(
-        "llavakit has no ignore-eos option: the benchmark empties the engine's eos set "
-        "(Pipeline.backend.eos_token_ids) so every engine generates exactly max_new_tokens.")
+        "eos is ignored by every engine (llavakit and GenAI ignore_eos, transformers min_new_tokens), "
+        "so each request decodes exactly max_new_tokens.")
 
-    built = runner.task("build", "build", {"root": str(root), "shape": shape})
+    built = runner.task("build", "build", {"root": str(root), "shape": shape}, measured=False)
     if "error" in built:
         return _finish(report, runner, out, started, console)
     report["settings"].update(lm_shape=built["lm_shape"], vision_shape=built["vision_shape"])
-    exported = runner.task("export", "export", _export_spec(root, built["llava"], export_options))
+    exported = runner.task("export", "export", _export_spec(root, built["llava"], export_options), measured=False)
     if "error" in exported:
         return _finish(report, runner, out, started, console)
     report["export"] = {"dir": exported["export_dir"], "lm_weights": exported["lm_weights"],
@@ -158,27 +168,34 @@ def run_bench(
     if "llamacpp" in peers or levers:
         ids = prompt_ids(PROMPT_TOKENS, vocab=built["lm_vocab"])
         lm_common = {"prompt_ids": ids, "n_decode": max_new_tokens, "repeats": repeats}
-        llamacpp_ok = "llamacpp" in peers and _llamacpp_available(report)
+        quants = []
+        if "llamacpp" in peers and _llamacpp_available(report):
+            gguf = runner.task("gguf", "gguf", {"lm_dir": built["lm"], "work_dir": str(root / "gguf"),
+                                                "quants": list(LLAMACPP_QUANTS)}, measured=False)
+            quants = [] if "error" in gguf else list(LLAMACPP_QUANTS)
+        lever_dirs = {}
+        for lever in levers:  # prepare every lever's export first, then measure them side by side
+            spec = LEVERS[lever]
+            if "export" not in spec:
+                lever_dirs[lever] = export_dir
+                continue
+            lever_export = runner.task(f"export:{lever}", "export",
+                                       _export_spec(root, built["llava"], {**export_options, **spec["export"]}),
+                                       measured=False)
+            if "error" not in lever_export:
+                lever_dirs[lever] = lever_export["export_dir"]
+                report.setdefault("lever_exports", {})[lever] = {"dir": lever_export["export_dir"],
+                                                                 "lm_weights": lever_export["lm_weights"]}
         for r in range(rounds):
             runner.task("llavakit-lm", "llavakit_lm", {**lm_common, "export_dir": export_dir}, round_=r)
-            if llamacpp_ok:
-                for quant in LLAMACPP_QUANTS:
-                    runner.task(f"llamacpp-{quant}", "llamacpp",
-                                {**lm_common, "quant": quant, "lm_dir": built["lm"], "work_dir": str(root / "gguf"),
-                                 "n_threads": os.cpu_count() or 1}, round_=r)
-        for lever in levers:
-            spec = LEVERS[lever]
-            lever_dir = export_dir
-            if "export" in spec:
-                lever_export = runner.task(f"export:{lever}", "export",
-                                           _export_spec(root, built["llava"], {**export_options, **spec["export"]}))
-                if "error" in lever_export:
-                    continue
-                lever_dir = lever_export["export_dir"]
-                report.setdefault("lever_exports", {})[lever] = {"dir": lever_dir,
-                                                                 "lm_weights": lever_export["lm_weights"]}
-            runner.task(f"lever:{lever}", "llavakit_lm",
-                        {**lm_common, "export_dir": lever_dir, "properties": spec.get("properties", {})})
+            for quant in quants:
+                runner.task(f"llamacpp-{quant}", "llamacpp",
+                            {**lm_common, "quant": quant, "work_dir": str(root / "gguf"),
+                             "n_threads": os.cpu_count() or 1}, round_=r)
+            for lever, lever_dir in lever_dirs.items():
+                runner.task(f"lever:{lever}", "llavakit_lm", {**lm_common, "export_dir": lever_dir,
+                                                              "properties": LEVERS[lever].get("properties", {})},
+                            round_=r)
     return _finish(report, runner, out, started, console)
 
 
@@ -210,44 +227,109 @@ def _llamacpp_available(report: dict) -> bool:
 
 
 # --- subprocesses ---------------------------------------------------------------------------------
-class _Runner:
-    """Run worker tasks in subprocesses; keep results per engine (rounds merged) and errors."""
+def _cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine from /proc/stat ((0, 0) where unavailable)."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
-    def __init__(self, root: Path, timeout_s: int, console: Any) -> None:
+
+def cpu_busy_share(seconds: float = 1.0) -> float | None:
+    """Share of the machine's CPU time that was busy over the next ``seconds`` (everyone's work)."""
+    busy0, total0 = _cpu_times()
+    time.sleep(seconds)
+    busy1, total1 = _cpu_times()
+    return (busy1 - busy0) / (total1 - total0) if total1 > total0 else None
+
+
+class _Runner:
+    """Run worker tasks in subprocesses; keep results per engine (rounds merged) and errors.
+
+    Other people's work on a shared machine skews timings, so before each measured engine
+    the runner waits (up to ``quiet_wait_s``) for the CPU to be less than ``quiet_busy`` busy,
+    and afterwards records how much CPU *other* processes used while the engine ran
+    (machine busy time minus the worker's own CPU time): ``background_cpu_share``; above
+    ``retry_busy`` the engine is measured once more.
+    """
+
+    def __init__(self, root: Path, timeout_s: int, console: Any, quiet_wait_s: float = 0.0,
+                 quiet_busy: float = 0.25, retry_busy: float = 0.15) -> None:
         self.root, self.timeout_s, self.console = root, timeout_s, console
+        self.quiet_wait_s, self.quiet_busy, self.retry_busy = quiet_wait_s, quiet_busy, retry_busy
         self.results: dict[str, list[dict]] = {}
         self.errors: dict[str, str] = {}
 
-    def task(self, name: str, task: str, spec: dict, round_: int = 0) -> dict:
-        self.root.mkdir(parents=True, exist_ok=True)
+    def _wait_for_quiet(self, label: str) -> dict:
+        start = time.perf_counter()
+        busy = None
+        with self.console.status(f"[bold]bench[/]: waiting for a quiet CPU before {label}..."):
+            while True:
+                busy = cpu_busy_share(2.0)
+                if busy is None or busy < self.quiet_busy or time.perf_counter() - start >= self.quiet_wait_s:
+                    break
+                time.sleep(3.0)
+        return {"busy_before": busy, "waited_s": time.perf_counter() - start}
+
+    def task(self, name: str, task: str, spec: dict, round_: int = 0, measured: bool = True) -> dict:
+        """Run one worker; a measured one that other processes disturbed (> ``retry_busy`` of the
+        CPU) is run once more after waiting for quiet, and the less disturbed attempt is kept."""
         label = name if round_ == 0 else f"{name} (round {round_ + 1})"
+        result = self._attempt(name, label, task, spec, measured)
+        share = result.get("background_cpu_share") or 0.0
+        if measured and self.quiet_wait_s > 0 and share > self.retry_busy and "error" not in result:
+            self.console.print(f"bench: {label} ran while other processes used {share:.0%} of the CPU; once more")
+            again = self._attempt(name, label, task, spec, measured)
+            if "error" not in again and (again.get("background_cpu_share") or 0.0) < share:
+                again["disturbed_attempt_background"] = share
+                result = again
+            else:
+                result["retry_background"] = again.get("background_cpu_share")
+        if "error" in result:
+            self.errors[name] = result["error"]
+        self.results.setdefault(name, []).append(result)
+        return result
+
+    def _attempt(self, name: str, label: str, task: str, spec: dict, measured: bool) -> dict:
+        self.root.mkdir(parents=True, exist_ok=True)
+        quiet = self._wait_for_quiet(label) if measured and self.quiet_wait_s > 0 else {}
         with tempfile.TemporaryDirectory(prefix="llavakit-bench-") as tmp:
             spec_path, result_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
             spec_path.write_text(json.dumps(spec))
             command = [sys.executable, "-m", "llavakit.eval.bench_workers", task, str(spec_path), str(result_path)]
             start = time.perf_counter()
+            busy0, total0 = _cpu_times()
+            child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             with self.console.status(f"[bold]bench[/]: {label}..."):
                 try:
                     done = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout_s,
-                                          env=_worker_env())
+                                          env=_worker_env(), check=False)
                     log = (done.stdout or "") + (done.stderr or "")
                 except subprocess.TimeoutExpired as exc:
                     done, log = None, f"timed out after {self.timeout_s} s\n{exc.stderr or ''}"
             elapsed = time.perf_counter() - start
+            busy1, total1 = _cpu_times()
+            child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             if done is not None and result_path.is_file():
                 result = json.loads(result_path.read_text())
             else:
                 tail = log.strip().splitlines()[-5:]
                 result = {"error": f"worker exited with {getattr(done, 'returncode', 'timeout')}: " + " | ".join(tail)}
         result["wall_s"] = elapsed
+        if total1 > total0:
+            tick = os.sysconf("SC_CLK_TCK")
+            own = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)  # seconds
+            others = max(0.0, (busy1 - busy0) / tick - own)
+            result["background_cpu_share"] = others / ((total1 - total0) / tick)
+        result.update(quiet)
         if task == "genai":
             result["pa_fallback"] = "Falling back to SDPA" in log
         if "error" in result:
-            self.errors[name] = result["error"]
             self.console.print(f"[red]bench: {label} failed[/] ({elapsed:.0f} s): {result['error']}")
         else:
             self.console.print(f"bench: {label} done in {elapsed:.0f} s")
-        self.results.setdefault(name, []).append(result)
         return result
 
 
@@ -259,24 +341,35 @@ def _worker_env() -> dict:
 
 
 def _merge_rounds(results: list[dict]) -> dict:
-    """One engine's rounds as one result: runs concatenated, medians recomputed, peak RSS the max."""
+    """One engine's rounds as one result: runs pooled and medians taken over all of them, peak RSS the max."""
     from llavakit.eval.bench_workers import _median, summarize
 
     ok = [r for r in results if "error" not in r]
     if not ok:
         return results[-1]
-    if len(ok) == 1:
-        return ok[0]
     merged = dict(ok[0])
+    merged["per_round"] = [{k: r.get(k) for k in ("decode_tokens_per_s", "prefill_s", "ttft_s_cold",
+                                                  "background_cpu_share", "wall_s")} for r in ok]
+    merged["rounds"] = len(ok)
+    if len(ok) == 1:
+        return merged
     runs = [run for r in ok for run in r.get("runs", [])]
     merged["runs"] = runs
-    for key in ("load_s", "wall_s", "prefill_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
-        if key in merged:
-            merged[key] = _median([r.get(key) for r in ok])
+    merged["load_s"] = _median([r.get("load_s") for r in ok])
+    merged["wall_s"] = sum(r.get("wall_s", 0.0) for r in ok)
     merged["peak_rss_mb"] = max(r.get("peak_rss_mb", 0) for r in ok)
-    if runs and "ttft_s" in runs[0]:
+    merged["background_cpu_share"] = max(r.get("background_cpu_share") or 0.0 for r in ok)
+    if runs and "ttft_s" in runs[0]:  # VLM engines
         merged.update(summarize(runs))
-    merged["rounds"] = len(ok)
+    elif runs and "prefill_s" in runs[0]:  # llavakit on the LM alone
+        measured = [run for run in runs if run["kind"] != "warmup"]
+        for key in ("prefill_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
+            merged[key] = _median([run[key] for run in measured])
+    if "decode_runs_s" in merged:  # llama.cpp: its per-run times
+        prefill = [t for r in ok for t in r["prefill_runs_s"]]
+        decode = [r["n_decode"] / t for r in ok for t in r["decode_runs_s"]]
+        merged.update(prefill_runs_s=prefill, prefill_s=_median(prefill), decode_tokens_per_s=_median(decode),
+                      prefill_tokens_per_s=merged["n_prompt"] / _median(prefill))
     return merged
 
 
@@ -297,17 +390,21 @@ _LM_METRICS = (
 
 def _finish(report: dict, runner: _Runner, out: str | Path | None, started: float, console: Any) -> dict:
     engines = {name: _merge_rounds(results) for name, results in runner.results.items()
-               if name not in ("build", "export", "bandwidth") and not name.startswith("export:")}
+               if name not in ("build", "export", "bandwidth", "gguf") and not name.startswith("export:")}
     report["engines"] = engines
     report["errors"] = dict(runner.errors)
     report["prepare"] = {name: {"wall_s": runner.results[name][-1].get("wall_s")}
-                         for name in runner.results if name in ("build", "export") or name.startswith("export:")}
+                         for name in runner.results if name in ("build", "export", "gguf") or name.startswith("export:")}
     report["comparisons"] = _comparisons(engines)
     report["ratios"] = {c["peer"]: {} for c in report["comparisons"]}
     for c in report["comparisons"]:
         report["ratios"][c["peer"]][c["metric"]] = c["ratio"]
     report["floor"] = _floor(report, engines)
     report["levers"] = _levers(report, engines)
+    busy = {name: r["background_cpu_share"] for name, r in engines.items() if r.get("background_cpu_share") is not None}
+    if busy and max(busy.values()) > 0.1:
+        report["notes"].append("other processes used CPU while engines ran (share of the machine): " + ", ".join(
+            f"{name} {share:.0%}" for name, share in busy.items()) + "; ratios of engines with high shares are skewed.")
     for name, result in engines.items():
         if result.get("pa_fallback"):
             report["notes"].append(f"{name}: GenAI fell back from paged attention to SDPA.")
@@ -392,7 +489,8 @@ def _levers(report: dict, engines: dict) -> list[dict]:
         row = {"lever": lever, "spec": LEVERS.get(lever, {}), "prefill_s": result["prefill_s"],
                "decode_tokens_per_s": result["decode_tokens_per_s"], "bytes_per_token": nbytes,
                "decode_vs_default": result["decode_tokens_per_s"] / base["decode_tokens_per_s"],
-               "prefill_vs_default": result["prefill_s"] / base["prefill_s"]}
+               "prefill_vs_default": result["prefill_s"] / base["prefill_s"],
+               "decode_per_round": [r.get("decode_tokens_per_s") for r in result.get("per_round", [])]}
         if gbps:
             row["fraction_of_floor"] = result["decode_tokens_per_s"] / (gbps * 1e9 / nbytes)
         rows.append(row)
@@ -401,12 +499,10 @@ def _levers(report: dict, engines: dict) -> list[dict]:
 
 def machine_info() -> dict:
     """CPU, cores, memory and the versions of every engine's packages."""
-    cpu = platform.processor() or ""
+    cpu = platform.processor() or platform.machine()
     flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu.strip(" x86_64"):
-                cpu = line.split(":", 1)[1].strip()
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
             if line.startswith("flags") and not flags:
@@ -442,6 +538,14 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value:.3g}"
 
 
+def _fmt_int(value: Any) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def _fmt_share(value: Any) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
 def _reading(row: dict) -> str:
     ratio = row["ratio"]
     if row["better"] == "higher":
@@ -464,6 +568,40 @@ _GROUPS = {
 }
 
 
+_LEVER_COLUMNS = ("lever", "prefill", "decode", "decode per round", "decode vs default", "MB/token",
+                  "fraction of floor")
+
+
+def _lever_rows(report: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for row in report.get("levers", []):
+        if "error" in row:
+            rows.append((row["lever"], "error: " + row["error"][:80], *[""] * 5))
+            continue
+        rounds = " / ".join(f"{v:.1f}" for v in row.get("decode_per_round", []) if v)
+        rows.append((row["lever"], _fmt(row["prefill_s"], "s"), _fmt(row["decode_tokens_per_s"], "tok/s"), rounds,
+                     f"{row['decode_vs_default']:.2f}", f"{row['bytes_per_token'] / 1e6:.0f}",
+                     f"{row['fraction_of_floor']:.0%}" if "fraction_of_floor" in row else "—"))
+    return rows
+
+
+_ENGINE_COLUMNS = ("engine", "load", "peak RSS", "TTFT cold", "TTFT warm", "decode", "prompt tokens", "background")
+
+
+def _engine_rows(report: dict) -> list[tuple[str, ...]]:
+    rows = []
+    for name, e in report["engines"].items():
+        if "error" in e:
+            rows.append((name, "error: " + e["error"][:100], *[""] * 6))
+            continue
+        rows.append((name, _fmt(e.get("load_s"), "s"), _fmt(e.get("peak_rss_mb"), "MiB"),
+                     _fmt(e.get("ttft_s_cold", e.get("prefill_s")), "s"), _fmt(e.get("ttft_s_warm"), "s"),
+                     _fmt(e.get("decode_tokens_per_s"), "tok/s"),
+                     _fmt_int(e.get("prompt_tokens_cold", e.get("prompt_tokens", e.get("n_prompt")))),
+                     _fmt_share(e.get("background_cpu_share"))))
+    return rows
+
+
 def print_report(report: dict, console: Any) -> None:
     """The comparison tables, the bandwidth floor, the levers, and any errors."""
     from rich.table import Table
@@ -484,6 +622,12 @@ def print_report(report: dict, console: Any) -> None:
             table.add_row(*row)
             previous = row[0]
         console.print(table)
+    t = Table(title="each engine, absolute (medians)")
+    for column in _ENGINE_COLUMNS:
+        t.add_column(column, justify="left" if column == "engine" else "right")
+    for row in _engine_rows(report):
+        t.add_row(*row)
+    console.print(t)
     floor = report.get("floor")
     if floor:
         t = Table(title=f"decode vs the bandwidth floor ({floor['bandwidth_gbps']:.1f} GB/s measured; "
@@ -498,15 +642,10 @@ def print_report(report: dict, console: Any) -> None:
         console.print(t)
     if report.get("levers"):
         t = Table(title="levers (LM alone, same prompt ids)")
-        for column in ("lever", "prefill", "decode", "decode vs default", "MB/token", "fraction of floor"):
-            t.add_column(column)
-        for row in report["levers"]:
-            if "error" in row:
-                t.add_row(row["lever"], "error", row["error"][:60], "", "", "")
-                continue
-            t.add_row(row["lever"], _fmt(row["prefill_s"], "s"), _fmt(row["decode_tokens_per_s"], "tok/s"),
-                      f"{row['decode_vs_default']:.2f}", f"{row['bytes_per_token'] / 1e6:.0f}",
-                      f"{row['fraction_of_floor']:.0%}" if "fraction_of_floor" in row else "—")
+        for column in _LEVER_COLUMNS:
+            t.add_column(column, justify="left" if column == "lever" else "right")
+        for row in _lever_rows(report):
+            t.add_row(*row)
         console.print(t)
     for note in report["notes"]:
         console.print(f"[dim]note:[/] {note}")
@@ -518,11 +657,11 @@ def markdown_report(report: dict) -> str:
     """The same content as :func:`print_report`, as Markdown, with the machine and the absolute numbers."""
     m, s = report["machine"], report["settings"]
     lines = [f"# llavakit bench — {s['shape']}", "",
-             f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib'] or 0:.0f} GiB, "
-             f"flags {' '.join(m['cpu_flags'])}; load average at start {m['loadavg_at_start']:.2f}",
+             (f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib'] or 0:.0f} GiB, "
+              f"flags {' '.join(m['cpu_flags'])}; load average at start {m['loadavg_at_start']:.2f}"),
              "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
-             f"- settings: repeats {s['repeats']}, rounds {s['rounds']}, max_new_tokens {s['max_new_tokens']} "
-             f"(eos ignored), export {s['export']}, date {m['date']}, took {report['elapsed_s'] / 60:.1f} min", "",
+             (f"- settings: repeats {s['repeats']}, rounds {s['rounds']}, max_new_tokens {s['max_new_tokens']} "
+              f"(eos ignored), export {s['export']}, date {m['date']}, took {report['elapsed_s'] / 60:.1f} min"), "",
              ]
     for group, title in _GROUPS.items():
         rows = _table_rows(report, group)
@@ -534,36 +673,24 @@ def markdown_report(report: dict) -> str:
             lines.append("")
     floor = report.get("floor")
     if floor:
-        lines += ["", f"Bandwidth floor: {floor['bandwidth_gbps']:.1f} GB/s measured (best of numpy sums; "
-                      f"median single-thread {floor['bandwidth_single_thread_gbps']:.1f}, all threads "
-                      f"{floor['bandwidth_all_threads_gbps']:.1f}); {floor['bytes_per_token'] / 1e6:.1f} MB of LM "
-                      f"weights read per token (LM head {floor['lm_head_bytes'] / 1e6:.1f} MB) → floor "
-                      f"{floor['floor_tokens_per_s']:.1f} tok/s.", "",
+        lines += ["", (f"Bandwidth floor: {floor['bandwidth_gbps']:.1f} GB/s measured (best of numpy reductions; "
+                       f"median single-thread {floor['bandwidth_single_thread_gbps']:.1f}, all threads "
+                       f"{floor['bandwidth_all_threads_gbps']:.1f}); {floor['bytes_per_token'] / 1e6:.1f} MB of LM "
+                       f"weights read per token (LM head {floor['lm_head_bytes'] / 1e6:.1f} MB) → floor "
+                       f"{floor['floor_tokens_per_s']:.1f} tok/s."), "",
                   "| engine | decode | floor | fraction of floor |", "| --- | --- | --- | --- |"]
         for name, e in floor["engines"].items():
             lines.append(f"| {name} | {_fmt(e['decode_tokens_per_s'], 'tok/s')} | "
                          f"{_fmt(e.get('floor_tokens_per_s', floor['floor_tokens_per_s']), 'tok/s')} | "
                          f"{e['fraction_of_floor']:.0%} |")
     if report.get("levers"):
-        lines += ["", "| lever | prefill | decode | decode vs default | MB/token | fraction of floor |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for row in report["levers"]:
-            if "error" in row:
-                lines.append(f"| {row['lever']} | error: {row['error'][:80]} | | | | |")
-                continue
-            lines.append(f"| {row['lever']} | {_fmt(row['prefill_s'], 's')} | {_fmt(row['decode_tokens_per_s'], 'tok/s')}"
-                         f" | {row['decode_vs_default']:.2f} | {row['bytes_per_token'] / 1e6:.0f} | "
-                         + (f"{row['fraction_of_floor']:.0%}" if "fraction_of_floor" in row else "—") + " |")
-    lines += ["", "Per engine (medians):", "", "| engine | load | peak RSS | TTFT cold | TTFT warm | decode | prompt tokens |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, e in report["engines"].items():
-        if "error" in e:
-            lines.append(f"| {name} | error: {e['error'][:100]} | | | | | |")
-            continue
-        lines.append(f"| {name} | {_fmt(e.get('load_s'), 's')} | {_fmt(e.get('peak_rss_mb'), 'MiB')} | "
-                     f"{_fmt(e.get('ttft_s_cold', e.get('prefill_s')), 's')} | {_fmt(e.get('ttft_s_warm'), 's')} | "
-                     f"{_fmt(e.get('decode_tokens_per_s'), 'tok/s')} | "
-                     f"{e.get('prompt_tokens_cold', e.get('prompt_tokens', '—'))} |")
+        lines += ["", "## Levers (LM alone, same prompt ids)", "", "| " + " | ".join(_LEVER_COLUMNS) + " |",
+                  "|" + " --- |" * len(_LEVER_COLUMNS)]
+        lines += ["| " + " | ".join(row) + " |" for row in _lever_rows(report)]
+    lines += ["", ("Per engine (medians; for the LM-only rows TTFT cold is the prefill of the fixed prompt; "
+                   "background = CPU share other processes used during the engine's run):"), "",
+              "| " + " | ".join(_ENGINE_COLUMNS) + " |", "|" + " --- |" * len(_ENGINE_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in _engine_rows(report)]
     for note in report["notes"]:
         lines += ["", f"Note: {note}"]
     for name, error in report["errors"].items():
@@ -572,3 +699,30 @@ def markdown_report(report: dict) -> str:
 
 
 run_bench.__doc__ = (run_bench.__doc__ or "").replace("{levers}", ", ".join(LEVERS))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llavakit.eval.bench``: the same as ``llavakit bench`` (for use before the CLI has it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m llavakit.eval.bench", description=run_bench.__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help="write bench.json and bench.md here")
+    parser.add_argument("--peer", action="append", dest="peers", default=None, help=f"repeatable; of {list(PEERS)}")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--lever", action="append", dest="levers", default=None, help=f"repeatable; of {list(LEVERS)}")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--quiet-wait", type=float, default=None, dest="quiet_wait_s")
+    args = parser.parse_args(argv)
+    try:
+        report = run_bench(**vars(args))
+    except LlavakitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

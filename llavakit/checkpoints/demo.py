@@ -15,10 +15,6 @@ import tempfile
 from importlib.resources import files
 from pathlib import Path
 
-from llavakit.checkpoints.build import build_llava
-from llavakit.checkpoints.gguf_lm import ensure_smollm2
-from llavakit.checkpoints.random_parts import VisionShape, make_random_vision
-
 DEMO_NAME = "demo"
 EXAMPLE_IMAGE = Path(str(files("llavakit") / "assets" / "example.png"))
 DEMO_DESCRIPTION = (
@@ -27,7 +23,7 @@ DEMO_DESCRIPTION = (
     "its answers about the picture are guesses. Trained vision comes with `llavakit train`."
 )
 #: 224-px images in 32-px patches -> 49 image tokens: small enough to answer in seconds on a laptop CPU.
-DEMO_VISION = VisionShape(hidden=128, layers=2, heads=4, intermediate=256, image_size=224, patch_size=32)
+DEMO_VISION = dict(hidden=128, layers=2, heads=4, intermediate=256, image_size=224, patch_size=32)
 
 
 def cache_dir() -> Path:
@@ -41,8 +37,13 @@ def ensure_demo_model(root: Path | None = None) -> Path:
     out = root / "demo-smollm2-135m-random-clip"
     if (out / "config.json").is_file():
         return out
+    # Building needs torch and transformers; a built demo does not, so import them only here.
+    from llavakit.checkpoints.build import build_llava
+    from llavakit.checkpoints.gguf_lm import ensure_smollm2
+    from llavakit.checkpoints.random_parts import VisionShape, make_random_vision
+
     lm_dir = ensure_smollm2(root)
     with tempfile.TemporaryDirectory() as tmp:
-        vision_dir = make_random_vision("clip", Path(tmp) / "vision", DEMO_VISION, seed=0)
+        vision_dir = make_random_vision("clip", Path(tmp) / "vision", VisionShape(**DEMO_VISION), seed=0)
         build_llava(vision_dir, lm_dir, out, force=True)
     return out

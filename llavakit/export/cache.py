@@ -8,36 +8,40 @@ makes a fresh export, and two precisions of one model live side by side.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict
 from pathlib import Path
 
 from llavakit.checkpoints.demo import cache_dir
 from llavakit.export import layout
 
+#: Bump when the export's defaults or layout change, so cached exports are redone.
+EXPORT_FORMAT = 1
 
-def export_key(source: Path, options: object) -> str:
-    """A short digest naming one (source files, options) combination."""
-    digest = hashlib.sha1(str(source.resolve()).encode())
+
+def export_key(source: Path, weights: str) -> str:
+    """A short digest naming one (source files, precision) combination.
+
+    Kept free of torch/NNCF imports: a cache hit must be as cheap as loading an export.
+    """
+    digest = hashlib.sha1(f"{source.resolve()}|{weights}|{EXPORT_FORMAT}".encode())
     for path in sorted(source.iterdir()):
         if path.is_file():
             stat = path.stat()
             digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(repr(sorted(asdict(options).items())).encode())
     return digest.hexdigest()[:16]
 
 
 def ensure_exported(source: Path, weights: str = "int4") -> Path:
     """The cached OpenVINO export of ``source`` at ``weights`` precision, exporting it if needed."""
-    from llavakit.export.compress import CompressionOptions
-    from llavakit.export.exporter import export_openvino
-
-    options = CompressionOptions(weights=weights)
-    target = cache_dir() / "exports" / f"{source.name}-{weights}-{export_key(source, options)}"
+    target = cache_dir() / "exports" / f"{source.name}-{weights}-{export_key(source, weights)}"
     if not layout.is_exported(target):
         import logging
 
         import nncf
 
+        from llavakit.export.compress import CompressionOptions
+        from llavakit.export.exporter import export_openvino
+
+        options = CompressionOptions(weights=weights)
         nncf.set_log_level(logging.WARNING)  # an export on first use is a side job: no statistics tables
         export_openvino(source, target, options, force=True)
     return target

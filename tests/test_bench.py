@@ -121,3 +121,19 @@ def test_lm_weight_bytes_counts_streamed_weights_not_gathered_tables(tmp_path):
 def test_bench_module_does_not_import_torch():
     code = "import sys, llavakit.eval.bench; assert 'torch' not in sys.modules and 'openvino' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_rounds_pool_runs_and_leave_out_disturbed_rounds():
+    def round_(ttfts, decode, background):
+        runs = [{"kind": "cold", "index": 1, "ttft_s": t, "decode_tokens_per_s": decode} for t in ttfts]
+        return {"runs": runs, "peak_rss_mb": 100.0 + background, "background_cpu_share": background, "load_s": 1.0,
+                **summarize(runs)}  # what a worker returns
+
+    merged = bench._merge_rounds([round_([1.0, 3.0], 10.0, 0.01), round_([2.0], 20.0, 0.02)])
+    assert merged["ttft_s_cold"] == 2.0 and merged["decode_tokens_per_s"] == 10.0  # medians over pooled runs
+    assert merged["rounds"] == 2 and merged["dropped_rounds"] == 0 and merged["peak_rss_mb"] == 100.02
+    merged = bench._merge_rounds([round_([9.0], 1.0, 0.5), round_([2.0], 20.0, 0.02)])
+    assert merged["ttft_s_cold"] == 2.0 and merged["dropped_rounds"] == 1
+    assert [r["background_cpu_share"] for r in merged["per_round"]] == [0.5, 0.02]  # both still on record
+    merged = bench._merge_rounds([round_([9.0], 1.0, 0.5), {"error": "boom"}])
+    assert merged["ttft_s_cold"] == 9.0 and merged["dropped_rounds"] == 0  # nothing clean: kept, and noted

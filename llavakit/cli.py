@@ -183,6 +183,11 @@ def demo(
     one_shot(pipe, question, [picture], None, settings, out, err, True)
 
 
+# Subcommands that live in their own modules register themselves on ``app`` when imported
+# (each module does ``from llavakit.cli import app, friendly_errors``).
+from llavakit import cli_data, cli_moe, cli_serve, cli_train  # noqa: E402,F401
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

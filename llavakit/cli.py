@@ -185,7 +185,7 @@ def demo(
 
 # Subcommands that live in their own modules register themselves on ``app`` when imported
 # (each module does ``from llavakit.cli import app, friendly_errors``).
-from llavakit import cli_data, cli_moe, cli_serve, cli_train  # noqa: E402,F401
+from llavakit import cli_data, cli_eval, cli_moe, cli_serve, cli_train  # noqa: E402,F401
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -1,4 +1,4 @@
-"""``llavakit train`` and ``llavakit eval``."""
+"""``llavakit train``: the align, instruct and moe stages."""
 
 from __future__ import annotations
 

@@ -91,6 +91,10 @@ def export(
         Optional[str], typer.Option(help="Folder of images or LLaVA JSON for calibration (default: synthetic).")
     ] = None,
     calibration_size: Annotated[int, typer.Option(help="Calibration samples.")] = 32,
+    lm_gguf: Annotated[
+        Optional[str], typer.Option(help="Also write the LM as a llama.cpp GGUF (q4_k_m, q4_0, q8_0, f16, f32) "
+                                         "for --backend llamacpp; needs llama-cpp-python.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
 ) -> None:
     """Export to OpenVINO (GenAI layout) and compress with NNCF: INT4 LM, INT8 vision by default."""
@@ -106,7 +110,7 @@ def export(
                                  all_layers=all_layers, awq=awq, scale_estimation=scale_estimation, vision=vision,
                                  text_embeddings=text_embeddings, calibration_size=calibration_size)
     nncf.set_log_level(logging.ERROR)  # keep NNCF's progress bars, drop its info tables: we print our own report
-    path = export_openvino(model, out_dir, options, calibration=calibration, force=force)
+    path = export_openvino(model, out_dir, options, calibration=calibration, force=force, lm_gguf=lm_gguf)
     print_report(path, out)
 
 
@@ -116,7 +120,9 @@ def chat(
     model: Annotated[str, typer.Argument(help="Model directory, hub id, or 'demo'.")],
     question: Annotated[Optional[str], typer.Argument(help="Ask once and exit; omit for an interactive chat.")] = None,
     image: Annotated[Optional[list[Path]], typer.Option("--image", "-i", help="Image file (repeatable).")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="openvino (default) or torch.")] = None,
+    backend: Annotated[Optional[str], typer.Option(
+        help="auto (default: openvino, or llamacpp where `llavakit bench` measured it faster), openvino, "
+             "llamacpp or torch.")] = None,
     device: Annotated[Optional[str], typer.Option(help="OpenVINO: CPU, GPU, NPU, AUTO; torch: cpu, cuda.")] = None,
     weights: Annotated[str, typer.Option(help="Precision when a HF checkpoint is exported on first use.")] = "int4",
     system: Annotated[Optional[str], typer.Option(help="System prompt.")] = None,

@@ -52,9 +52,17 @@ def export_openvino(
     calibration: str | None = None,
     force: bool = False,
     show_progress: bool = True,
+    lm_gguf: str | None = None,
 ) -> Path:
-    """Export ``model`` to ``out`` and return ``out``; ``options.weights`` picks fp32/fp16/int8/int4."""
+    """Export ``model`` to ``out`` and return ``out``; ``options.weights`` picks fp32/fp16/int8/int4.
+
+    ``lm_gguf`` (e.g. "q4_k_m") also writes the LM as a llama.cpp GGUF for the llamacpp backend (``lm_gguf.py``).
+    """
     options = options or CompressionOptions()
+    if lm_gguf is not None:
+        from llavakit.export.lm_gguf import check_gguf_type
+
+        lm_gguf = check_gguf_type(lm_gguf)  # refuse a bad type before minutes of conversion
     out = Path(out)
     if out.exists() and not force:
         raise LlavakitError(f"output directory {out} already exists; pass --force to replace it")
@@ -87,6 +95,11 @@ def export_openvino(
             }
             del ov_model
             progress.advance(task)
+        if lm_gguf is not None:
+            from llavakit.export.lm_gguf import export_lm_gguf
+
+            progress.update(task, description=f"language model as llama.cpp {lm_gguf.upper()} GGUF")
+            report["parts"]["language model (llama.cpp)"] = export_lm_gguf(hf_model, processor.tokenizer, tmp, lm_gguf)
         progress.update(task, description="tokenizer and configs")
         start = time.perf_counter()
         _write_tokenizers(processor, tmp)

@@ -26,7 +26,7 @@ from llavakit.runtime.generate import Generation, start_generation
 from llavakit.runtime.prompt import count_images, user_content
 from llavakit.runtime.types import GenerationConfig, GenerationResult
 
-BACKENDS = ("openvino", "torch")
+BACKENDS = ("openvino", "torch", "llamacpp", "auto")
 ImageLike = Any  # PIL.Image.Image | str | os.PathLike | bytes
 
 
@@ -39,14 +39,19 @@ class Pipeline:
     uses each backend's names (OpenVINO: CPU, GPU, NPU, AUTO; torch: cpu, cuda).
     ``precise=True`` asks OpenVINO for fp32 compute and KV cache (for parity
     checks); ``properties`` passes any other OpenVINO compile setting.
+    "llamacpp" runs the LM from the export's llama.cpp GGUF (vision stays on
+    OpenVINO; ``gguf`` picks a file or type); "auto", the default, is "llamacpp"
+    only where a measurement recorded it as faster on this machine
+    (``runtime/backend_choice.py``), else "openvino".
     """
 
     def __init__(self, model: str | Path, backend: str | None = None, device: str | None = None,
-                 weights: str = "int4", precise: bool = False, properties: dict | None = None) -> None:
+                 weights: str = "int4", precise: bool = False, properties: dict | None = None,
+                 gguf: str | Path | None = None) -> None:
         from llavakit.export.layout import is_exported
 
         self.model_dir = resolve_source(model, "model")
-        self.backend_name = backend or "openvino"
+        self.backend_name = backend or "auto"
         if self.backend_name not in BACKENDS:
             raise LlavakitError(f"unknown backend {self.backend_name!r}; available: {list(BACKENDS)}")
         exported = is_exported(self.model_dir)
@@ -61,6 +66,16 @@ class Pipeline:
             from llavakit.export.cache import ensure_exported  # exporting needs torch; running does not
 
             self.model_dir = ensure_exported(self.model_dir, weights)
+        if self.backend_name == "auto":
+            from llavakit.runtime.backend_choice import auto_backend
+
+            self.backend_name = "llamacpp" if gguf is not None else auto_backend(self.model_dir)
+        if self.backend_name == "llamacpp":
+            from llavakit.runtime.llamacpp_backend import LlamaCppBackend
+
+            self.backend = LlamaCppBackend(self.model_dir, device=device, properties=properties, precise=precise,
+                                           gguf=gguf)
+            return
         from llavakit.runtime.ov_backend import OpenVINOBackend
 
         self.backend = OpenVINOBackend(self.model_dir, device=device, properties=properties, precise=precise)

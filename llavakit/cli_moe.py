@@ -1,5 +1,31 @@
-"""``llavakit upcycle``: MoE-LLaVA commands."""
+"""``llavakit upcycle`` and ``llavakit convert-moe``: MoE-LLaVA commands (thin; logic in checkpoints/)."""
 
 from __future__ import annotations
 
-from llavakit.cli import app, friendly_errors  # noqa: F401
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llavakit.cli import app, err, friendly_errors, out
+
+
+@app.command()
+@friendly_errors
+def upcycle(
+    dense: Annotated[str, typer.Argument(help="Dense (stage-2) LLaVA: a local directory or a hub id.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the MoE-LLaVA to.")],
+    experts: Annotated[int, typer.Option(help="Experts per MoE layer.")] = 4,
+    top_k: Annotated[int, typer.Option(help="Experts each token is routed to.")] = 2,
+    layers: Annotated[str, typer.Option(
+        help="Which layers get MoE: sparse (every other), first_half, second_half, dense, or indices like 0,2,5.")
+    ] = "sparse",
+    seed: Annotated[int, typer.Option(help="Seed for the router initialisation.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
+) -> None:
+    """Turn a dense LLaVA into an untrained MoE-LLaVA (every expert a copy of its layer's FFN)."""
+    from llavakit.checkpoints.upcycle import parse_layers, upcycle as upcycle_checkpoint
+
+    with err.status("upcycling..."):
+        path = upcycle_checkpoint(dense, out_dir, experts, top_k, parse_layers(layers), seed=seed, force=force)
+    out.print(f"wrote {path}")

@@ -19,7 +19,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCach
 from llavakit.errors import LlavakitError, ModelLoadError, PromptError
 from llavakit.runtime.types import union_of_ids
 
-SUPPORTED_MODEL_TYPES = ("llava",)
+SUPPORTED_MODEL_TYPES = ("llava", "moe_llava")
 
 
 @dataclass
@@ -47,6 +47,8 @@ class TorchBackend:
 
     def __init__(self, model_dir: Path, device: str | None = None, dtype: torch.dtype = torch.float32) -> None:
         self.device = pick_torch_device(device)
+        import llavakit.models.moe_llava  # noqa: F401  (registers "moe_llava" with the Auto classes)
+
         try:
             self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
             self.processor = AutoProcessor.from_pretrained(model_dir)
@@ -80,6 +82,8 @@ class TorchBackend:
     @torch.inference_mode()
     def prefill(self, prepared: TorchPrompt) -> np.ndarray:
         self._cache = DynamicCache(config=self.model.config.get_text_config())
+        if hasattr(self.model, "track_expert_usage"):  # MoE: count expert use per generation
+            self.model.track_expert_usage(True)
         out = self.model(**prepared.inputs, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].float().cpu().numpy()  # (V,)
 
@@ -88,6 +92,10 @@ class TorchBackend:
         ids = torch.tensor([[token_id]], device=self.device)  # (1, 1)
         out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True)
         return out.logits[0, -1].float().cpu().numpy()  # (V,)
+
+    def expert_usage(self) -> dict[int, list[int]] | None:
+        """MoE models: layer → how many token assignments each expert got in the last generation."""
+        return self.model.expert_usage() if hasattr(self.model, "expert_usage") else None
 
     def decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)

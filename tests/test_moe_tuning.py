@@ -90,7 +90,7 @@ def test_lora_trains_adapters_routers_projector(moe_dir: Path, tiny_llava: Path)
 def test_train_dense_ffn_matches_reference_name_rule(tiny_llava: Path, tmp_path: Path) -> None:
     model = AutoModelForImageTextToText.from_pretrained(upcycle(tiny_llava, tmp_path / "sparse", layers="sparse"))
     prepare_moe_tuning(model)
-    assert not any(p.requires_grad for n, p in model.named_parameters() if "layers.1.mlp." in n)
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "language_model.layers.1.mlp." in n)
     prepare_moe_tuning(model, train_dense_ffn=True)  # the reference's train_modules match every layer's FFN
-    assert all(p.requires_grad for n, p in model.named_parameters() if "layers.1.mlp." in n)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "language_model.layers.1.mlp." in n)
     assert not any(p.requires_grad for n, p in model.named_parameters() if "self_attn" in n or "vision" in n)

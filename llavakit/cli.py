@@ -63,13 +63,24 @@ def build(
     ] = None,
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16; default: the LM's.")] = None,
     force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
+    arch: Annotated[str, typer.Option(help="llava (LLaVA-1.5) or llava-next (LLaVA-1.6, AnyRes tiles).")] = "llava",
+    grid_pinpoints: Annotated[Optional[str], typer.Option(
+        help="llava-next: tile grids as JSON [[height, width], ...] in pixels (multiples of the tower's image "
+             "size); default: LLaVA-1.6's published grid scaled to the tower.")] = None,
 ) -> None:
-    """Assemble a LLaVA-1.5 from a vision encoder, a language model and a fresh projector."""
-    from llavakit.checkpoints.build import build_llava
+    """Assemble a LLaVA-1.5 (or LLaVA-NeXT) from a vision encoder, a language model and a fresh projector."""
+    import json
 
+    from llavakit.checkpoints.build import build_llava
+    from llavakit.errors import BuildError
+
+    try:
+        pinpoints = json.loads(grid_pinpoints) if grid_pinpoints is not None else None
+    except ValueError as exc:
+        raise BuildError(f"--grid-pinpoints {grid_pinpoints!r} is not JSON like [[336, 672], [672, 336]]: {exc}") from exc
     with err.status("building..."):
         path = build_llava(vision, lm, out_dir, projector=projector, chat_template=chat_template, dtype=dtype,
-                           force=force)
+                           force=force, arch=arch, grid_pinpoints=pinpoints)
     out.print(f"wrote {path}")
 
 
@@ -155,7 +166,8 @@ def bench(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Write bench.json and bench.md here.")] = None,
     peer: Annotated[
         Optional[list[str]],
-        typer.Option(help="genai-pa, genai-sdpa, transformers-fp32, transformers-bf16, floor, llamacpp (repeatable)."),
+        typer.Option(help="genai-pa, genai-sdpa, transformers-fp32, transformers-bf16, floor, llamacpp, "
+                          "llavakit-llamacpp (repeatable)."),
     ] = None,
     repeats: Annotated[int, typer.Option(help="Cold and warm requests per engine (medians reported).")] = 3,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens decoded per request (eos ignored).")] = 64,

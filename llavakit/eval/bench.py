@@ -50,7 +50,7 @@ SHAPES: dict[str, dict] = {
 
 
 #: Peers, in the order they run. "floor" is the bandwidth measurement, "llamacpp" the LM-only race.
-PEERS = ("genai-pa", "genai-sdpa", "transformers-fp32", "transformers-bf16", "floor", "llamacpp")
+PEERS = ("genai-pa", "genai-sdpa", "transformers-fp32", "transformers-bf16", "floor", "llamacpp", "llavakit-llamacpp")
 QUICK_PEERS = ("genai-sdpa", "transformers-fp32", "floor")
 
 #: Levers (optional, ``levers=[...]``): each measured on the LM-only workload beside the default.
@@ -66,6 +66,9 @@ LEVERS: dict[str, dict] = {
     "int8": {"export": {"weights": "int8"}},
 }
 LLAMACPP_QUANTS = ("Q4_K_M", "Q4_0")
+#: The GGUF type the llama.cpp LM backend races with (``llavakit-llamacpp``), and the types scored for agreement.
+BACKEND_GGUF = "q4_k_m"
+AGREEMENT_GGUFS = ("q4_k_m", "q4_0")
 PROMPT_TOKENS = 128  # the LM-only prompt (comparison 4 and levers)
 #: Background CPU share above which a measurement counts as disturbed (retried, then left out if possible).
 DISTURBED = 0.15
@@ -153,6 +156,15 @@ def run_bench(
 
     bandwidth_spec = {"size_gb": 0.4 if quick else 1.5, "passes": 3 if quick else 5}
     vlm_engines = [("llavakit", "llavakit", {"export_dir": export_dir})]
+    with_backend = "llavakit-llamacpp" in peers and _llamacpp_available(report)
+    if with_backend:  # the same export plus the LLaVA's LM as a GGUF; vision and tokenizer stay OpenVINO
+        lc = runner.task("lm_gguf", "lm_gguf", {"source": built["llava"], "export_dir": export_dir,
+                                                "out": f"{export_dir}-llamacpp-{BACKEND_GGUF.upper()}",
+                                                "qtype": BACKEND_GGUF}, measured=False)
+        if "error" not in lc:
+            report["llamacpp_export"] = {k: lc[k] for k in ("export_dir", "gguf", "gguf_bytes", "streamed_bytes")}
+            vlm_engines.append(("llavakit-llamacpp", "llavakit", {"export_dir": lc["export_dir"],
+                                                                  "backend": "llamacpp"}))
     for peer in peers:
         if peer.startswith("genai-"):
             vlm_engines.append((peer, "genai", {"export_dir": export_dir,
@@ -203,6 +215,9 @@ def run_bench(
                 runner.task(f"lever:{lever}", "llavakit_lm", {**lm_common, "export_dir": lever_dir,
                                                               "properties": LEVERS[lever].get("properties", {})},
                             round_=r)
+    if with_backend and not quick:  # top-1 agreement needs a real LM: the demo's SmolLM2
+        runner.task("agreement", "agreement", {"work_dir": str(root.parent), "qtypes": list(AGREEMENT_GGUFS)},
+                    measured=False)
     return _finish(report, runner, out, started, console)
 
 
@@ -400,12 +415,16 @@ _LM_METRICS = (
 
 
 def _finish(report: dict, runner: _Runner, out: str | Path | None, started: float, console: Any) -> dict:
+    prep = ("build", "export", "bandwidth", "gguf", "lm_gguf", "agreement")
     engines = {name: _merge_rounds(results) for name, results in runner.results.items()
-               if name not in ("build", "export", "bandwidth", "gguf") and not name.startswith("export:")}
+               if name not in prep and not name.startswith("export:")}
     report["engines"] = engines
     report["errors"] = dict(runner.errors)
     report["prepare"] = {name: {"wall_s": runner.results[name][-1].get("wall_s")}
-                         for name in runner.results if name in ("build", "export", "gguf") or name.startswith("export:")}
+                         for name in runner.results if name in prep or name.startswith("export:")}
+    if "agreement" in runner.results:
+        report["agreement"] = runner.results["agreement"][-1]
+    report["backend_choice"] = _record_backend_choice(report, engines)
     report["comparisons"] = _comparisons(engines)
     report["ratios"] = {c["peer"]: {} for c in report["comparisons"]}
     for c in report["comparisons"]:
@@ -451,7 +470,40 @@ def _comparisons(engines: dict) -> list[dict]:
         for key, label, unit, better in _LM_METRICS:
             rows.append(_row("lm", f"llamacpp-{quant}", key, label, unit, better,
                              ours.get(key), theirs.get(key)))
+    ours = engines.get("llavakit-llamacpp", {})
+    if ours and "error" not in ours:
+        for peer in ("llavakit", "genai-pa", "genai-sdpa", "transformers-fp32", "transformers-bf16"):
+            theirs = engines.get(peer)
+            if theirs and "error" not in theirs:
+                for key, label, unit, better in _VLM_METRICS:
+                    rows.append(_row("backend", "llavakit-openvino" if peer == "llavakit" else peer, key, label,
+                                     unit, better, ours.get(key), theirs.get(key)))
+        for quant in LLAMACPP_QUANTS:
+            theirs = engines.get(f"llamacpp-{quant}")
+            if theirs and "error" not in theirs:
+                for key, label, unit, better in _LM_METRICS[1:]:
+                    rows.append(_row("backend", f"llamacpp-{quant} (LM only)", key, label, unit, better,
+                                     ours.get(key), theirs.get(key)))
     return [r for r in rows if r["ratio"] is not None]
+
+
+def _record_backend_choice(report: dict, engines: dict) -> dict | None:
+    """Write which LM backend ``Pipeline(dir)`` should use on this machine (``runtime/backend_choice.py``).
+
+    Only from a full-size run in which both of llavakit's backends were measured on the same export.
+    """
+    ov, lc = engines.get("llavakit", {}), engines.get("llavakit-llamacpp", {})
+    if report["settings"]["shape"] == "quick" or not ov or not lc or "error" in ov or "error" in lc:
+        return None
+    from llavakit.runtime.backend_choice import record_choice
+
+    keys = ("decode_tokens_per_s", "ttft_s_cold", "ttft_s_warm", "peak_rss_mb")
+    pick = lambda e: {"decode_tokens_per_s": e.get("decode_tokens_per_s"), "ttft_cold_s": e.get("ttft_s_cold"),  # noqa: E731
+                      **{k: e.get(k) for k in keys}}
+    entry = record_choice(pick(ov), pick(lc), source=f"llavakit bench {report['settings']['shape']}")
+    report["notes"].append(f"backend choice recorded for this machine: {entry['backend']} ({entry['reason']}); "
+                           f"Pipeline(dir) with backend='auto' uses it where the export has a GGUF.")
+    return entry
 
 
 def _row(group: str, peer: str, key: str, label: str, unit: str, better: str, ours, theirs) -> dict:
@@ -474,6 +526,12 @@ def _floor(report: dict, engines: dict) -> dict | None:
         rate = engines.get(name, {}).get("decode_tokens_per_s")
         if rate:
             fractions[name] = {"decode_tokens_per_s": rate, "fraction_of_floor": rate / floor_tps}
+    rate, nbytes = engines.get("llavakit-llamacpp", {}).get("decode_tokens_per_s"), \
+        report.get("llamacpp_export", {}).get("streamed_bytes")
+    if rate and nbytes:
+        own_floor = gbps * 1e9 / nbytes
+        fractions["llavakit-llamacpp"] = {"decode_tokens_per_s": rate, "bytes_per_token": nbytes,
+                                          "floor_tokens_per_s": own_floor, "fraction_of_floor": rate / own_floor}
     for quant in LLAMACPP_QUANTS:
         result = engines.get(f"llamacpp-{quant}", {})
         rate, nbytes = result.get("decode_tokens_per_s"), result.get("streamed_bytes")
@@ -580,6 +638,8 @@ def _table_rows(report: dict, group: str) -> list[tuple[str, ...]]:
 _GROUPS = {
     "vlm": "image + question, same IR / same checkpoint",
     "lm": "language model alone, same prompt token ids",
+    "backend": "llavakit's llama.cpp LM backend (Q4_K_M GGUF; vision on OpenVINO) vs llavakit's OpenVINO "
+               "engine and the peers (llamacpp rows: its image+question decode vs llama.cpp's LM-only decode)",
 }
 
 
@@ -662,6 +722,15 @@ def print_report(report: dict, console: Any) -> None:
         for row in _lever_rows(report):
             t.add_row(*row)
         console.print(t)
+    agreement = report.get("agreement")
+    if agreement and "agreement" in agreement:
+        t = Table(title=f"top-1 agreement with fp32 transformers, teacher-forced ({agreement['model']}, "
+                        f"{agreement['prompts']} prompts, {agreement['steps']} steps)")
+        t.add_column("quantized LM")
+        t.add_column("agreement", justify="right")
+        for name, value in agreement["agreement"].items():
+            t.add_row(name, f"{value:.1%}")
+        console.print(t)
     for note in report["notes"]:
         console.print(f"[dim]note:[/] {note}")
     for name, error in report["errors"].items():
@@ -702,6 +771,12 @@ def markdown_report(report: dict) -> str:
         lines += ["", "## Levers (LM alone, same prompt ids)", "", "| " + " | ".join(_LEVER_COLUMNS) + " |",
                   "|" + " --- |" * len(_LEVER_COLUMNS)]
         lines += ["| " + " | ".join(row) + " |" for row in _lever_rows(report)]
+    agreement = report.get("agreement")
+    if agreement and "agreement" in agreement:
+        lines += ["", (f"## Top-1 agreement with fp32 transformers (teacher-forced; {agreement['model']}, "
+                       f"{agreement['prompts']} prompts, {agreement['steps']} steps)"), "",
+                  "| quantized LM | agreement |", "| --- | --- |"]
+        lines += [f"| {name} | {value:.1%} |" for name, value in agreement["agreement"].items()]
     lines += ["", ("Per engine (medians; for the LM-only rows TTFT cold is the prefill of the fixed prompt; "
                    "background = CPU share other processes used during the engine's run):"), "",
               "| " + " | ".join(_ENGINE_COLUMNS) + " |", "|" + " --- |" * len(_ENGINE_COLUMNS)]

@@ -319,7 +319,9 @@ def task_llavakit(spec: dict) -> dict:
     from llavakit import Pipeline
 
     start = time.perf_counter()
-    pipe = Pipeline(spec["export_dir"], properties=spec.get("properties") or None)
+    # explicit backend: "auto" would follow a recorded per-machine choice and blur the rows
+    pipe = Pipeline(spec["export_dir"], backend=spec.get("backend", "openvino"),
+                    properties=spec.get("properties") or None)
     load_s = time.perf_counter() - start
     rss_loaded = rss_mb()
     runs = []
@@ -529,7 +531,109 @@ def gguf_weight_bytes(path: Path) -> int:
     return int(sum(t.n_bytes for t in reader.tensors if t.name != "token_embd.weight"))
 
 
+def task_lm_gguf(spec: dict) -> dict:
+    """The exported directory plus the LLaVA's own LM as a llama.cpp GGUF (``export --lm-gguf``), cached.
+
+    The OpenVINO files are symlinked from ``export_dir`` (no second OpenVINO export), the GGUF is
+    made from the LLaVA checkpoint itself by :func:`llavakit.export.lm_gguf.export_lm_gguf`.
+    """
+    from llavakit.export import layout
+    from llavakit.export.lm_gguf import gguf_name
+
+    src, out = Path(spec["export_dir"]), Path(spec["out"])
+    target = out / gguf_name(spec["qtype"])
+    start = time.perf_counter()
+    if not target.is_file():
+        import torch  # noqa: F401  (the LLaVA checkpoint is loaded with transformers)
+        from transformers import AutoModelForImageTextToText, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from llavakit.export.lm_gguf import export_lm_gguf
+
+        hf_logging.set_verbosity_error()
+        out.mkdir(parents=True, exist_ok=True)
+        model = AutoModelForImageTextToText.from_pretrained(spec["source"], dtype="float32").eval()
+        export_lm_gguf(model, AutoTokenizer.from_pretrained(spec["source"]), out, spec["qtype"])
+        del model
+    for f in src.iterdir():
+        if f.is_file() and not (out / f.name).exists():
+            (out / f.name).symlink_to(f.resolve())
+    assert layout.is_exported(out)
+    return {"export_dir": str(out), "gguf": str(target), "gguf_bytes": target.stat().st_size,
+            "streamed_bytes": gguf_weight_bytes(target), "seconds": time.perf_counter() - start}
+
+
+#: Prompts and steps of the SmolLM2 top-1 agreement check (as tests/test_quantized.py).
+AGREEMENT_PROMPTS = (
+    "What is the capital of France?", "Name three colours of the rainbow.", "Write one sentence about the sea.",
+    "What is 12 plus 7?", "Who wrote Romeo and Juliet?", "Give me a synonym for happy.", "What do bees make?",
+    "How many days are in a week?", "Explain in two sentences how plants make food.",
+    "Write a short poem about the moon.", "List four animals that live in the ocean.",
+    "What is the boiling point of water in Celsius?",
+)
+AGREEMENT_STEPS = 16
+
+
+def teacher_forced_agreement(backend, references: list[list[int]]) -> float:
+    """Share of steps where ``backend``'s argmax equals the reference token, fed the reference prefix."""
+    from llavakit.runtime.prompt import user_content
+
+    hits = total = 0
+    for prompt, ref in zip(AGREEMENT_PROMPTS, references):
+        backend.reset()
+        logits = backend.prefill(backend.prepare([{"role": "user", "content": user_content(prompt, 0)}], []))
+        for token in ref:
+            hits += int(np.argmax(logits)) == token
+            total += 1
+            logits = backend.decode_one(token)
+    return hits / total
+
+
+def task_agreement(spec: dict) -> dict:
+    """Top-1 agreement with fp32 transformers on a real LM (the demo LLaVA's SmolLM2-135M-Instruct).
+
+    One export carries both quantized LMs: the OpenVINO INT4 IR (llavakit's default compression)
+    and llama.cpp GGUFs made from the same checkpoint, so the two backends are scored on equal terms.
+    """
+    from llavakit import Pipeline
+    from llavakit.checkpoints.demo import ensure_demo_model
+    from llavakit.export import layout
+    from llavakit.export.compress import CompressionOptions
+    from llavakit.export.exporter import export_openvino
+    from llavakit.export.lm_gguf import gguf_name
+
+    start = time.perf_counter()
+    demo = ensure_demo_model()
+    out = Path(spec["work_dir"]) / "agreement-export"
+    qtypes = [q.lower() for q in spec["qtypes"]]
+    if not layout.is_exported(out) or not all((out / gguf_name(q)).is_file() for q in qtypes):
+        export_openvino(demo, out, CompressionOptions(weights="int4"), force=True, show_progress=False,
+                        lm_gguf=qtypes[0])
+        if len(qtypes) > 1:  # the other GGUF types from the same checkpoint
+            from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+            from llavakit.export.lm_gguf import export_lm_gguf
+
+            model = AutoModelForImageTextToText.from_pretrained(demo, dtype="float32").eval()
+            for q in qtypes[1:]:
+                export_lm_gguf(model, AutoTokenizer.from_pretrained(demo), out, q)
+            del model
+    reference = Pipeline(demo, backend="torch")
+    refs = [reference.generate(p, max_new_tokens=AGREEMENT_STEPS).token_ids for p in AGREEMENT_PROMPTS]
+    del reference
+    scores = {"openvino INT4 (llavakit default export)": teacher_forced_agreement(
+        Pipeline(out, backend="openvino").backend, refs)}
+    for q in qtypes:
+        pipe = Pipeline(out, backend="llamacpp", gguf=q)
+        scores[f"llama.cpp {q.upper()}"] = teacher_forced_agreement(pipe.backend, refs)
+        pipe.backend.close()
+    return {"model": "SmolLM2-135M-Instruct (demo LLaVA LM)", "prompts": len(AGREEMENT_PROMPTS),
+            "steps": sum(len(r) for r in refs), "agreement": scores, "seconds": time.perf_counter() - start}
+
+
 TASKS = {
+    "lm_gguf": task_lm_gguf,
+    "agreement": task_agreement,
     "build": task_build,
     "export": task_export,
     "bandwidth": task_bandwidth,

@@ -1,0 +1,152 @@
+"""Shapes world: determinism, disjoint splits, held-out pairs, answers true to the pixels, both formats."""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from llavakit.cli import app
+from llavakit.data import read_dataset, validate
+from llavakit.data.shapes import COLORS, FAMILIES, HELD_OUT, SHAPES, ShapesConfig, generate_shapes
+from llavakit.data.shapes.questions import describe
+from llavakit.data.shapes.scene import render, sample_scene
+
+CFG = ShapesConfig(train=60, val=10, test=70, seed=3, image_size=96)
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shapes") / "set"
+    generate_shapes(out, CFG)
+    return out
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_whatever_the_workers(shapes_dir: Path, tmp_path: Path) -> None:
+    again = tmp_path / "again"
+    generate_shapes(again, CFG, workers=2)
+    assert _digest(again) == _digest(shapes_dir)
+    other = tmp_path / "other"
+    generate_shapes(other, ShapesConfig(train=5, val=0, test=0, seed=4, image_size=96))
+    assert json.loads((other / "train.json").read_text())[0] != json.loads((shapes_dir / "train.json").read_text())[0]
+
+
+def test_splits_are_disjoint_by_scene_and_test_holds_unseen_pairs(shapes_dir: Path) -> None:
+    images: dict[str, str] = {}
+    for split in ("train", "val", "test"):
+        for rec in json.loads((shapes_dir / f"{split}.json").read_text()):
+            digest = hashlib.sha1((shapes_dir / rec["image"]).read_bytes()).hexdigest()
+            assert digest not in images, f"{rec['id']} has the same picture as {images.get(digest)}"
+            images[digest] = rec["id"]
+            pairs = {(o["color"], o["shape"]) for o in rec["scene"]["objects"]}
+            if split != "test":
+                assert not pairs & set(HELD_OUT), rec["id"]
+                text = " ".join(t["value"].lower() for t in rec["conversations"])
+                for color, shape in HELD_OUT:  # not even named in a question or answer
+                    assert not re.search(rf"\b{color} {shape}", text), (rec["id"], text)
+            assert rec["heldout"] == bool(pairs & set(HELD_OUT))
+    test = json.loads((shapes_dir / "test.json").read_text())
+    assert sum(r["heldout"] for r in test) >= len(test) // 3
+    assert all(len(r["conversations"]) == 2 for r in test), "test samples are single questions"
+    assert {r["family"] for r in test} == set(FAMILIES)
+
+
+def test_answers_follow_from_the_scene(shapes_dir: Path) -> None:
+    records = [r for s in ("train", "test") for r in json.loads((shapes_dir / f"{s}.json").read_text())]
+    exists = []
+    for rec in records:
+        objs = rec["scene"]["objects"]
+        for (q, a), fam, kind in zip(_turns(rec), rec["families"], rec["kinds"]):
+            ql = q.lower()
+            if fam == "color":
+                assert a in COLORS and a in {o["color"] for o in objs}
+            elif fam == "shape":
+                assert a in SHAPES and a in {o["shape"] for o in objs}
+            elif fam == "count":
+                assert a.isdigit()
+                if re.search(r"how many (shapes|objects|figures|things|items) ", ql):
+                    assert int(a) == len(objs)
+            elif fam == "exists":
+                assert a in ("yes", "no")
+                exists.append(a)
+                for color in COLORS:
+                    for shape in SHAPES:
+                        if re.search(rf"\b{color} {shape}", ql):
+                            assert (a == "yes") == any(o["color"] == color and o["shape"] == shape for o in objs)
+            elif fam == "read":
+                assert a == rec["scene"]["word"]
+            elif fam == "caption":
+                for o in objs:
+                    assert f"{o['color']} {o['shape']}" in a
+            assert kind in ("color", "shape", "number", "word", "yesno", "caption")
+    assert 0.3 < exists.count("no") / len(exists) < 0.7, "the hallucination probe is about half 'no'"
+
+
+def _turns(rec: dict) -> list[tuple[str, str]]:
+    conv = rec["conversations"]
+    return [(conv[i]["value"], conv[i + 1]["value"]) for i in range(0, len(conv), 2)]
+
+
+def test_colour_names_match_the_pixels() -> None:
+    """The centre pixel of every filled shape has the hue its colour name says (also rendered aliased)."""
+    pairs = [(c, s) for c in COLORS for s in SHAPES]
+    bands = {"red": (-15, 12), "orange": (15, 42), "yellow": (45, 65), "green": (80, 160), "blue": (190, 245),
+             "purple": (260, 305)}
+    checked = 0
+    for i in range(120):
+        scene = sample_scene(random.Random(i), 128, allowed_pairs=pairs)
+        img = render(scene)
+        for o in scene.objects:
+            if o.style == "hollow":
+                continue
+            r, g, b = img.getpixel((int(o.cx), int(o.cy)))
+            h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+            hue = h * 360 if h * 360 < 330 else h * 360 - 360
+            lo, hi = bands[o.color]
+            assert s > 0.45 and lo <= hue <= hi, (i, o, (r, g, b))
+            checked += 1
+    assert checked > 200
+
+
+def test_caption_names_every_object_once() -> None:
+    pairs = [(c, s) for c in COLORS for s in SHAPES]
+    scene = sample_scene(random.Random(7), 128, allowed_pairs=pairs, n_objects=3, with_word=True)
+    text = describe(scene, random.Random(0))
+    for o in scene.objects:
+        assert text.count(f"{o.color} {o.shape}") == 1
+    assert f'"{scene.word}"' in text
+
+
+def test_both_formats_read_back_the_same(shapes_dir: Path) -> None:
+    for split in ("train", "test"):
+        llava = validate(read_dataset(shapes_dir / f"{split}.json"), deep=True)
+        hf = validate(read_dataset(shapes_dir / f"{split}.jsonl"))
+        assert [s.id for s in llava] == [s.id for s in hf]
+        for a, b in zip(llava, hf):
+            assert a.messages == b.messages and a.images == b.images
+            assert a.meta["family"] == b.meta["family"] and a.meta["answer"] == b.meta["answer"]
+
+
+def test_cli_writes_a_set_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["data", "shapes", "--out", str(tmp_path / "s"), "--train", "4", "--val", "2", "--test", "3",
+            "--seed", "1", "--image-size", "64"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "s" / "dataset.json").read_text())
+    assert summary["splits"]["test"]["samples"] == 3 and summary["config"]["image_size"] == 64
+    assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 9
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--force" in again.output
+    bad = runner.invoke(app, args[:-1] + ["8", "--force"])
+    assert bad.exit_code == 2 and "image-size" in bad.output

@@ -19,11 +19,19 @@ fresh projector are new).
   has none and keeps every patch ("full"). Features come from layer -2, as in LLaVA.
 - The directory is written to a temporary sibling and renamed into place, so an
   interrupted build never leaves a directory that later half-loads.
+- ``arch="llava-next"`` makes a transformers ``LlavaNextForConditionalGeneration``
+  (LLaVA-1.6, AnyRes): the same tower/projector/LM plus an ``image_newline``
+  vector (random, ``N(0, 1/D)`` like transformers' init) and a
+  ``LlavaNextImageProcessor`` carrying the tower's resize/normalize settings and
+  the grid pinpoints. Default pinpoints are LLaVA-1.6's published ones
+  (multiples of 336) re-expressed in tiles of the tower's own image size, so a
+  224-px tower gets the same 1x2/2x1/2x2/3x1/1x3 tile grids.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -35,10 +43,15 @@ from transformers import (
     CLIPVisionModel,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
     LlavaProcessor,
     SiglipVisionModel,
 )
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+from transformers.models.llava_next.modeling_llava_next import LlavaNextMultiModalProjector
 
 from llavakit.checkpoints.atomic import atomic_directory
 from llavakit.checkpoints.resolve import resolve_source
@@ -46,6 +59,7 @@ from llavakit.data.chat_templates import IMAGE_TOKEN, resolve_chat_template
 from llavakit.errors import BuildError
 
 PROJECTORS = ("mlp2x_gelu", "linear")
+ARCHS = ("llava", "llava-next")
 #: vision model_type in config.json -> (transformers class, feature select strategy, extra tokens)
 _VISION_TYPES = {
     "clip": (CLIPVisionModel, "default", 1),
@@ -65,14 +79,22 @@ def build_llava(
     dtype: str | None = None,
     force: bool = False,
     seed: int = 0,
+    arch: str = "llava",
+    grid_pinpoints: list[list[int]] | None = None,
 ) -> Path:
-    """Assemble vision tower + projector + LM into a LLaVA-1.5 directory at ``out``.
+    """Assemble vision tower + projector + LM into a LLaVA-1.5 (or ``arch="llava-next"``) directory at ``out``.
 
     ``dtype`` ("float32", "bfloat16", "float16") defaults to the LM's own dtype;
     the whole model is stored in one dtype so the projector sees matching inputs.
+    ``grid_pinpoints`` (LLaVA-NeXT only, ``[[height, width], ...]`` in pixels, each
+    a multiple of the tower's image size) defaults to the published grid scaled to the tower.
     """
     if projector not in PROJECTORS:
         raise BuildError(f"unknown projector {projector!r}; choose one of {PROJECTORS}")
+    if arch not in ARCHS:
+        raise BuildError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    if grid_pinpoints is not None and arch != "llava-next":
+        raise BuildError("grid pinpoints only apply to --arch llava-next")
     out = Path(out)
     if out.exists() and not force:
         raise BuildError(f"output directory {out} already exists; pass --force to replace it")
@@ -89,7 +111,12 @@ def build_llava(
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     _add_special_tokens(tokenizer)
 
-    config = LlavaConfig(
+    config_class = LlavaNextConfig if arch == "llava-next" else LlavaConfig
+    next_fields = {}
+    if arch == "llava-next":
+        next_fields["image_grid_pinpoints"] = _pinpoints(grid_pinpoints, vision_model.config.image_size)
+    config = config_class(
+        **next_fields,
         vision_config=vision_model.config.to_dict(),
         text_config=lm_model.config.to_dict(),
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -107,8 +134,13 @@ def build_llava(
     model.generation_config = lm_model.generation_config
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    processor = LlavaProcessor(
-        image_processor=AutoImageProcessor.from_pretrained(vision_dir),
+    image_processor = AutoImageProcessor.from_pretrained(vision_dir)
+    if arch == "llava-next":
+        image_processor = _next_image_processor(image_processor, vision_model.config.image_size,
+                                                config.image_grid_pinpoints)
+    processor_class = LlavaNextProcessor if arch == "llava-next" else LlavaProcessor
+    processor = processor_class(
+        image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=vision_model.config.patch_size,
         vision_feature_select_strategy=strategy,
@@ -116,8 +148,30 @@ def build_llava(
         chat_template=template,
     )
     tokenizer.chat_template = template
-    record = {"built_by": "llavakit", "vision": str(vision), "lm": str(lm), "projector": projector}
+    record = {"built_by": "llavakit", "arch": arch, "vision": str(vision), "lm": str(lm), "projector": projector}
     return _write(out, model, processor, record)
+
+
+def _pinpoints(given: list[list[int]] | None, tile: int) -> list[list[int]]:
+    """The grid pinpoints to store: the given ones checked, else the published ones in ``tile``-px tiles."""
+    from llavakit.runtime.anyres import scaled_pinpoints
+
+    if given is None:
+        return scaled_pinpoints(tile)
+    if not given or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in given):
+        raise BuildError(f"grid pinpoints {given!r} must be a non-empty list of [height, width] pairs")
+    bad = [list(p) for p in given if min(p) <= 0 or p[0] % tile or p[1] % tile]
+    if bad:
+        raise BuildError(f"grid pinpoints {bad} are not positive multiples of the tower's image size {tile}")
+    return [[int(h), int(w)] for h, w in given]
+
+
+def _next_image_processor(tower_processor, tile: int, pinpoints: list[list[int]]) -> LlavaNextImageProcessorPil:
+    """A LLaVA-NeXT image processor with the tower's resize/normalize settings; every tile is ``tile`` px."""
+    keep = ("do_convert_rgb", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
+    settings = {k: v for k, v in tower_processor.to_dict().items() if k in keep and v is not None}
+    return LlavaNextImageProcessorPil(**settings, size={"shortest_edge": tile}, crop_size={"height": tile, "width": tile},
+                                      do_center_crop=True, image_grid_pinpoints=pinpoints)
 
 
 def _lm_chat_template(lm_dir: Path) -> str | None:
@@ -154,21 +208,27 @@ def _add_special_tokens(tokenizer) -> None:
 
 
 def _assemble(
-    config: LlavaConfig, vision_model: torch.nn.Module, lm_model: torch.nn.Module, projector: str, seed: int
-) -> LlavaForConditionalGeneration:
+    config: LlavaConfig | LlavaNextConfig, vision_model: torch.nn.Module, lm_model: torch.nn.Module, projector: str,
+    seed: int,
+) -> LlavaForConditionalGeneration | LlavaNextForConditionalGeneration:
     """Put the loaded towers into a meta-device LLaVA shell and give it a real, fresh projector."""
+    is_next = isinstance(config, LlavaNextConfig)
     with torch.device("meta"):
-        model = LlavaForConditionalGeneration(config)
+        model = (LlavaNextForConditionalGeneration if is_next else LlavaForConditionalGeneration)(config)
     model.model.vision_tower = vision_model
     model.model.language_model = lm_model.base_model
     model.lm_head = lm_model.get_output_embeddings()
     torch.manual_seed(seed)
-    proj = LlavaMultiModalProjector(config).to(lm_model.dtype)
+    proj = (LlavaNextMultiModalProjector if is_next else LlavaMultiModalProjector)(config).to(lm_model.dtype)
     if projector == "linear":
         with torch.no_grad():
             proj.linear_2.weight.copy_(torch.eye(proj.linear_2.weight.shape[0]))  # (D_text, D_text)
             proj.linear_2.bias.zero_()
     model.model.multi_modal_projector = proj
+    if is_next:
+        hidden = config.text_config.hidden_size
+        newline = torch.randn(hidden) / math.sqrt(hidden)  # (D,) transformers' own init scale
+        model.model.image_newline = torch.nn.Parameter(newline.to(lm_model.dtype))
     if config.tie_word_embeddings:
         model.tie_weights()
     left_on_meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
@@ -177,7 +237,7 @@ def _assemble(
     return model
 
 
-def _write(out: Path, model: LlavaForConditionalGeneration, processor: LlavaProcessor, record: dict) -> Path:
+def _write(out: Path, model: torch.nn.Module, processor: LlavaProcessor | LlavaNextProcessor, record: dict) -> Path:
     """Save model, processor and a record of the sources, all-or-nothing."""
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)

@@ -30,7 +30,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from llavakit.checkpoints.atomic import atomic_directory
 from llavakit.checkpoints.resolve import resolve_source
 from llavakit.errors import LlavakitError, ModelLoadError
-from llavakit.export import layout
+from llavakit.export import layout, llava_next
 from llavakit.export.calibration import calibration_pixel_values, language_model_calibration
 from llavakit.export.compress import (
     CompressionOptions,
@@ -42,7 +42,7 @@ from llavakit.export.compress import (
 )
 from llavakit.export.convert import convert_language_model, convert_text_embeddings, convert_vision
 
-SUPPORTED = ("llava",)
+SUPPORTED = ("llava", "llava_next")
 
 
 def export_openvino(
@@ -71,6 +71,9 @@ def export_openvino(
     report: dict = {"source": str(model), "options": asdict(options), "parts": {}, "versions": _versions()}
     needs_images = options.vision == "int8" or options.data_aware
     pixels = calibration_pixel_values(calibration, processor, options.calibration_size) if needs_images else None
+    if llava_next.is_llava_next(hf_model):  # tiles as the vision IR's batch; no data-aware LM calibration yet
+        llava_next.refuse_data_aware(options)
+        pixels = llava_next.tile_batches(pixels)
     lm_data = language_model_calibration(hf_model, processor, pixels) if options.data_aware else None
     steps = [
         ("vision embeddings", "vision", layout.VISION_EMBEDDINGS,
@@ -104,6 +107,8 @@ def export_openvino(
         start = time.perf_counter()
         _write_tokenizers(processor, tmp)
         _write_configs(source, processor, tmp)
+        if llava_next.is_llava_next(hf_model):
+            llava_next.write_image_newline(hf_model, tmp)
         report["parts"]["tokenizer"] = {"file": layout.TOKENIZER, "seconds": round(time.perf_counter() - start, 2)}
         (tmp / layout.EXPORT_REPORT).write_text(json.dumps(report, indent=2) + "\n")
         progress.advance(task)

@@ -90,13 +90,17 @@ class OpenVINOBackend:
         self.max_context = int(text_config.get("max_position_embeddings", 4096))
         self.eos_token_ids = _eos_ids(model_dir, text_config)
         self.renderer = ChatRenderer.from_dir(model_dir)
-        self.image_processor = ImageProcessor.from_pretrained(model_dir)
+        self.image_processor = self._load_image_processor(model_dir)
         self._added_prefix, self._added_suffix = self._auto_special_tokens()
         self._state_keys: list[Hashable] = []
         self._features: OrderedDict[str, np.ndarray] = OrderedDict()
         self.image_encode_s = 0.0
         self.cached_tokens = 0
         self._per_image: int | None = None
+
+    def _load_image_processor(self, model_dir: Path) -> ImageProcessor | None:
+        """The pixels-for-one-image step; subclasses with their own (LLaVA-NeXT tiles) return None."""
+        return ImageProcessor.from_pretrained(model_dir)
 
     # --- text -------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:

@@ -77,8 +77,10 @@ class Pipeline:
                                            gguf=gguf)
             return
         from llavakit.runtime.ov_backend import OpenVINOBackend
+        from llavakit.runtime.ov_llava_next import LlavaNextOpenVINOBackend, is_llava_next_export
 
-        self.backend = OpenVINOBackend(self.model_dir, device=device, properties=properties, precise=precise)
+        engine = LlavaNextOpenVINOBackend if is_llava_next_export(self.model_dir) else OpenVINOBackend
+        self.backend = engine(self.model_dir, device=device, properties=properties, precise=precise)
 
     def generate(self, prompt: str, images: Sequence[ImageLike] = (), system: str | None = None,
                  **settings: Any) -> GenerationResult:

@@ -19,7 +19,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCach
 from llavakit.errors import LlavakitError, ModelLoadError, PromptError
 from llavakit.runtime.types import union_of_ids
 
-SUPPORTED_MODEL_TYPES = ("llava", "moe_llava")
+SUPPORTED_MODEL_TYPES = ("llava", "llava_next", "moe_llava")
 
 
 @dataclass

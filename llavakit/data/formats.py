@@ -49,6 +49,8 @@ ImageRef = str | bytes  # absolute path, or encoded image bytes
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant",
           "bot": "assistant", "system": "system"}
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+_BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
 class DataError(LlavakitError):
@@ -274,10 +276,13 @@ def _image_ref(ref: Any, root: Path) -> ImageRef:
         return _b64(ref.split(",", 1)[1])
     if ref.startswith(("http://", "https://")):
         raise _Bad(f"image {ref[:80]} is a URL; download images first (training reads local files)")
-    if len(ref) > 512 and "/" not in ref[:64] and not os.path.exists(ref):  # long text, no path: base64
-        return _b64(ref)
     path = Path(ref).expanduser()
-    return str(path if path.is_absolute() else (root / path))
+    resolved = path if path.is_absolute() else (root / path)
+    if len(ref) >= 24 and _BASE64.match(ref) and not resolved.exists():
+        data = _b64(ref)
+        if data.startswith(_IMAGE_MAGIC) or data[8:12] == b"WEBP":
+            return data
+    return str(resolved)
 
 
 def _b64(text: str) -> bytes:

@@ -29,3 +29,20 @@ def upcycle(
     with err.status("upcycling..."):
         path = upcycle_checkpoint(dense, out_dir, experts, top_k, parse_layers(layers), seed=seed, force=force)
     out.print(f"wrote {path}")
+
+
+@app.command("convert-moe")
+@friendly_errors
+def convert_moe(
+    src: Annotated[str, typer.Argument(help="Released MoE-LLaVA (Phi2 / StableLM / Qwen): directory or hub id.")],
+    vision: Annotated[str, typer.Option(help="Its CLIP vision tower (config's mm_image_tower): directory or hub id.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the llavakit MoE-LLaVA to.")],
+    tokenizer: Annotated[str | None, typer.Option(help="HF-format tokenizer of the LM, if SRC has none.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
+) -> None:
+    """Convert a released MoE-LLaVA checkpoint (DeepSpeed MoE layout) into llavakit's moe_llava format."""
+    from llavakit.checkpoints.moe_convert import convert_moe_llava
+
+    with err.status("converting..."):
+        path = convert_moe_llava(src, vision, out_dir, tokenizer=tokenizer, force=force)
+    out.print(f"wrote {path}")

@@ -121,6 +121,7 @@ class MoeLlavaConfig(LlavaConfig):
 
     model_type = MODEL_TYPE
     moe: dict | None = None
+    lm_head_bias: bool = False  # Phi-2's LM head has a bias, which LLaVA's bias-free head would lose
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)
@@ -141,6 +142,8 @@ class MoeLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
     def __init__(self, config: MoeLlavaConfig) -> None:
         super().__init__(config)
+        if config.lm_head_bias:
+            self.lm_head = torch.nn.Linear(self.lm_head.in_features, self.lm_head.out_features, bias=True)
         moe = config.moe
         text = config.get_text_config()
         layers = self.model.language_model.layers

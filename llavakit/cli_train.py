@@ -2,4 +2,72 @@
 
 from __future__ import annotations
 
-from llavakit.cli import app, friendly_errors  # noqa: F401
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from llavakit.cli import app, err, friendly_errors, out
+
+
+@app.command()
+@friendly_errors
+def train(
+    stage: Annotated[str, typer.Option(help="align (projector only), instruct (projector + LM) or moe.")],
+    model: Annotated[Path, typer.Option(help="LLaVA model directory (`llavakit build`, or the previous stage's --out).")],
+    data: Annotated[Path, typer.Option(help="Training data: LLaVA JSON or HF messages JSON/JSONL.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output: trained model, recipe.json, train_log.csv, checkpoints/.")],
+    recipe: Annotated[Optional[Path], typer.Option(help="Recipe file (.yaml/.json); options below override it.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the data.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (align 1e-3, instruct 2e-5, LoRA 2e-4).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per device per step.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Longest sample in tokens (image tokens included).")] = None,
+    lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA on the LM (instruct, moe) or full tuning.")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha.")] = None,
+    merge_lora: Annotated[Optional[bool], typer.Option("--merge-lora/--keep-adapter",
+                                                       help="Merge LoRA into the output model, or keep the adapter.")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Write a checkpoint every N steps.")] = None,
+    logging_steps: Annotated[Optional[int], typer.Option(help="Log loss every N steps.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--fp32", help="bf16 autocast (GPU).")] = None,
+    group_by_length: Annotated[Optional[bool], typer.Option(help="Batch samples of similar length (less padding).")] = None,
+    packing: Annotated[Optional[bool], typer.Option(help="Pack samples into one row (needs flash attention).")] = None,
+    attn: Annotated[Optional[str], typer.Option(help="Attention kernel: sdpa, eager, flash_attention_2, ...")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    gradient_checkpointing: Annotated[Optional[bool], typer.Option(help="Recompute activations (less memory).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Dataloader worker processes.")] = None,
+    skip_bad: Annotated[Optional[bool], typer.Option(help="Drop (and report) unusable samples instead of stopping.")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Folder relative image paths start from.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint in --out.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over in a non-empty --out.")] = False,
+) -> None:
+    """Train one LLaVA stage with the transformers Trainer (works under torchrun / accelerate launch)."""
+    from llavakit.train import TrainJob, resolve_recipe, train as run_training
+    from llavakit.train.trainer import is_main_process
+
+    given: dict[str, Any] = {
+        "max_steps": max_steps, "epochs": epochs, "learning_rate": lr, "batch_size": batch_size,
+        "grad_accum": grad_accum, "max_length": max_length, "lora": lora, "lora_r": lora_r,
+        "lora_alpha": lora_alpha, "merge_lora": merge_lora, "save_steps": save_steps,
+        "logging_steps": logging_steps, "seed": seed, "bf16": bf16, "group_by_length": group_by_length,
+        "packing": packing, "attn_implementation": attn, "torch_compile": compile,
+        "gradient_checkpointing": gradient_checkpointing, "dataloader_workers": workers, "skip_invalid": skip_bad,
+    }
+    overrides = {k: v for k, v in given.items() if v is not None}
+    chosen = resolve_recipe(stage, lora=bool(lora), recipe_file=recipe, overrides=overrides)
+    main = is_main_process()
+    result = run_training(TrainJob(model=model, data=data, out=out_dir, recipe=chosen, resume=resume, force=force,
+                                   image_root=image_root, progress=main))
+    if not main:
+        return
+    if result.resumed_from:
+        err.print(f"resumed from {result.resumed_from}")
+    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+    out.print(f"{chosen.stage}: {result.steps} steps on {result.samples} samples, final loss {loss}; "
+              f"{result.trainable.summary()}")
+    what = "LoRA adapter" if result.adapter == result.out else "model"
+    out.print(f"wrote {what} to {result.out} (loss curve: {result.log})"
+              + (f"; adapter kept in {result.adapter}" if result.merged else ""))

@@ -1,0 +1,347 @@
+"""``train()``: one LLaVA training stage (align, instruct, moe) on the transformers Trainer.
+
+    from llavakit.train import TrainJob, resolve_recipe, train
+    recipe = resolve_recipe("align", overrides={"max_steps": 100})
+    result = train(TrainJob(model="tiny-llava", data="shapes/train.json", out="runs/align", recipe=recipe))
+
+Design decisions:
+
+* **The Trainer, not a loop of our own.** transformers' ``Trainer`` owns the loop,
+  mixed precision, gradient accumulation (token-weighted loss through
+  ``num_items_in_batch``), DDP / FSDP / DeepSpeed (from ``accelerate launch`` or
+  ``torchrun`` env, unchanged), checkpoints and exact resume (optimizer,
+  scheduler, RNG states, data position). llavakit adds the stage's freezing,
+  LoRA, data (``llavakit.data``), the callbacks and the output layout.
+* **Output layout** (``--out DIR``)::
+
+      DIR/config.json, model.safetensors, processor + tokenizer + chat template   the trained model
+          (or adapter_config.json + adapter_model.safetensors: a LoRA run not merged)
+      DIR/adapter/            the LoRA adapter too, when it was merged into DIR
+      DIR/recipe.json         the recipe used (feed back with --recipe)
+      DIR/train_log.csv       the loss curve (step, loss, lr, grad norm, tokens/s)
+      DIR/tensorboard/        when tensorboard is installed
+      DIR/checkpoints/checkpoint-N/   committed checkpoints (see checkpoints.py)
+      DIR/llavakit_train.json written last: the run finished and DIR holds its model
+
+  Model files are written to a temporary folder and renamed into DIR one by one;
+  ``llavakit_train.json`` comes last, so its presence means the model is complete.
+* **Speed options keep the loss curve**: bf16 autocast (fp32 master weights),
+  length-grouped batches (``group_by_length``: less padding, same samples per
+  step), ``pad_to_multiple_of=8`` under bf16, ``torch.compile``, dataloader
+  workers, gradient checkpointing. Sequence packing (``packing``) restarts
+  ``position_ids`` per sample and needs an attention kernel that honours that
+  (``flash_attention_2``/``flash_attention_3``); with any other kernel samples
+  would attend to each other and change the loss, so it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from llavakit.errors import LlavakitError
+from llavakit.train import checkpoints
+from llavakit.train.callbacks import CommitCheckpointCallback, CsvLogCallback, RichProgressCallback, tensorboard_callback
+from llavakit.train.freeze import FreezeReport, apply_freezing, count_trainable
+from llavakit.train.recipes import Recipe, RecipeError, save_recipe
+
+PACKING_KERNELS = ("flash_attention_2", "flash_attention_3")
+RUN_FILES = ("recipe.json", "train_log.csv", "llavakit_train.json")
+
+
+@dataclass
+class TrainJob:
+    """What to train, on what, into where."""
+
+    model: str | Path
+    data: str | Path
+    out: str | Path
+    recipe: Recipe
+    resume: bool = False  # continue from the last committed checkpoint in out/checkpoints
+    force: bool = False  # start over in an existing output directory
+    image_root: str | Path | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    out: Path
+    steps: int
+    final_loss: float | None
+    resumed_from: Path | None
+    adapter: Path | None
+    merged: bool
+    trainable: FreezeReport
+    samples: int
+    log: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch (or a single process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train(job: TrainJob) -> TrainResult:
+    """Run one training stage end to end and write the model into ``job.out``."""
+    recipe = job.recipe.validate()
+    out = Path(job.out)
+    ckpt_root = out / "checkpoints"
+    resume_from = _prepare_output(out, ckpt_root, job)
+    if is_main_process():
+        save_recipe(recipe, out)
+
+    processor, model = load_model(job.model, recipe)
+    dataset, collator, n_samples = build_data(job, processor, model, recipe)
+    model, report = prepare_model(model, recipe)
+
+    args = training_arguments(recipe, ckpt_root)
+    callbacks: list = [CsvLogCallback(out / "train_log.csv", resume_step=_step_of(resume_from)),
+                       CommitCheckpointCallback(keep=recipe.save_total_limit)]
+    if job.progress:
+        callbacks.append(RichProgressCallback())
+    if args.process_index == 0 and (tb := tensorboard_callback(out / "tensorboard")) is not None:
+        callbacks.append(tb)
+    trainer = LlavakitTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                              processing_class=processor, callbacks=callbacks,
+                              lengths=_length_proxy(dataset, model) if recipe.group_by_length else None)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)  # our progress bar and CSV log report instead
+    trainer.remove_callback(ProgressCallback)
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    adapter, merged = _save_final(trainer, processor, out, recipe)
+    final_loss = _last_logged_loss(trainer)
+    if trainer.is_world_process_zero():
+        record = {"stage": recipe.stage, "base_model": str(Path(job.model).resolve()), "data": str(job.data),
+                  "steps": trainer.state.global_step, "train_loss": output.training_loss, "final_loss": final_loss,
+                  "samples": n_samples, "lora": recipe.lora, "merged": merged,
+                  "resumed_from": str(resume_from) if resume_from else None,
+                  "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
+                               "peft": _version("peft") if recipe.lora else None}}
+        _write_json(out / "llavakit_train.json", record)
+    return TrainResult(out=out, steps=trainer.state.global_step, final_loss=final_loss, resumed_from=resume_from,
+                       adapter=adapter, merged=merged, trainable=report, samples=n_samples,
+                       log=out / "train_log.csv")
+
+
+# ----------------------------------------------------------------------------------------- pieces
+
+
+def load_model(model_dir: str | Path, recipe: Recipe) -> tuple[Any, torch.nn.Module]:
+    """Processor and model of a llavakit/transformers LLaVA directory, in fp32 (bf16 is autocast)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import llavakit.models.moe_llava  # noqa: F401  (registers "moe_llava" with the Auto classes)
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise LlavakitError(f"--model {model_dir} is not a model directory (no config.json); build one with "
+                            f"`llavakit build` or pass an earlier stage's --out")
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if recipe.attn_implementation:
+        kwargs["attn_implementation"] = recipe.attn_implementation
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(str(path.resolve()), **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise LlavakitError(f"could not load a LLaVA model from {model_dir}: {exc}") from exc
+    kind = model.config.model_type
+    if kind not in ("llava", "moe_llava"):
+        raise LlavakitError(f"{model_dir} holds a {kind!r} model; llavakit trains 'llava' and 'moe_llava'")
+    if recipe.stage == "moe" and kind != "moe_llava":
+        raise LlavakitError(f"--stage moe needs a MoE-LLaVA, but {model_dir} is a dense {kind!r} model; "
+                            f"make one with `llavakit upcycle` first")
+    return processor, model
+
+
+def build_data(job: TrainJob, processor: Any, model: torch.nn.Module, recipe: Recipe) -> tuple[Any, Any, int]:
+    """Read and validate the whole data file up front, then the lazy dataset and the collator."""
+    from llavakit.data import Collator, ConversationDataset, read_dataset, validate
+
+    samples = validate(read_dataset(job.data, image_root=job.image_root), skip_bad=recipe.skip_invalid)
+    if recipe.packing:
+        kernel = getattr(model.config.get_text_config(), "_attn_implementation", None)
+        if kernel not in PACKING_KERNELS:
+            raise RecipeError(f"packing=true needs an attention kernel that keeps packed samples apart "
+                              f"({', '.join(PACKING_KERNELS)}); this model runs {kernel!r}. Use "
+                              f"group_by_length=true instead, or set attn_implementation")
+    dataset = ConversationDataset(samples, processor, max_length=recipe.max_length)
+    collator = Collator.for_processor(processor, pad_to_multiple_of=8 if recipe.bf16 else None, pack=recipe.packing)
+    return dataset, collator, len(samples)
+
+
+def prepare_model(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.nn.Module, FreezeReport]:
+    """Freeze by stage, add LoRA if asked, apply MoE-tuning rules; return the model to train."""
+    if recipe.lora and recipe.train_vision:
+        raise RecipeError("lora=true with train_vision=true is not supported: LoRA adapts the language model only")
+    apply_freezing(model, train_vision=recipe.train_vision, train_projector=recipe.train_projector,
+                   train_lm=recipe.train_lm and not recipe.lora)
+    if recipe.gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still get a grad path
+    if recipe.lora:
+        from llavakit.train.lora import add_lora
+
+        model = add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, moe=recipe.stage == "moe")
+    if recipe.stage == "moe":
+        from llavakit.train.moe_freeze import prepare_moe_tuning
+
+        model.config.moe["router_aux_loss_coef"] = recipe.router_aux_loss_coef
+        prepare_moe_tuning(model, train_dense_ffn=recipe.moe_train_dense_ffn)
+    report = count_trainable(model)
+    if sum(report.trainable.values()) == 0:
+        raise RecipeError("the recipe leaves no parameter trainable")
+    return model, report
+
+
+def training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
+    """The recipe as ``TrainingArguments`` (works on transformers 5.17 through 5.23)."""
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.grad_accum,
+        learning_rate=recipe.learning_rate,
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        warmup_steps=recipe.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        lr_scheduler_type=recipe.lr_scheduler,
+        weight_decay=recipe.weight_decay,
+        max_grad_norm=recipe.max_grad_norm,
+        logging_steps=recipe.logging_steps,
+        save_strategy="steps",
+        save_steps=recipe.save_steps,
+        save_total_limit=None,  # rotation happens after the commit (CommitCheckpointCallback)
+        seed=recipe.seed,
+        bf16=recipe.bf16,
+        torch_compile=recipe.torch_compile,
+        dataloader_num_workers=recipe.dataloader_workers,
+        train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
+        remove_unused_columns=False,  # the collator makes the batch; nothing to drop
+        dataloader_pin_memory=torch.cuda.is_available(),
+        include_num_input_tokens_seen="non_padding",
+        ddp_find_unused_parameters=recipe.stage == "moe",  # an expert may get no token in a step
+        report_to="none",
+        disable_tqdm=True,
+    )
+    if recipe.gradient_checkpointing:  # (named activation_checkpointing from transformers 5.2x on; both accept this)
+        kwargs.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs.update(recipe.extra)
+    try:
+        return TrainingArguments(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"invalid training arguments (check the recipe's 'extra' block): {exc}") from exc
+
+
+class LlavakitTrainer(Trainer):
+    """The transformers Trainer, with length grouping from precomputed lengths (no image decoding to sort)."""
+
+    def __init__(self, *args: Any, lengths: list[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lengths = lengths
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        if self._lengths is not None and self.args.train_sampling_strategy == "group_by_length":
+            from transformers.trainer_pt_utils import LengthGroupedSampler
+
+            generator = torch.Generator()
+            generator.manual_seed(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=self._lengths, generator=generator)
+        return super()._get_train_sampler(train_dataset)
+
+
+def _length_proxy(dataset: Any, model: torch.nn.Module) -> list[int]:
+    """Approximate token count per sample (text chars / 3 + image tokens): enough to group by length."""
+    per_image = int(getattr(model.config, "image_seq_length", 576) or 576)
+    return [sum(len(s.text_of(m)) for m in s.messages) // 3 + per_image * len(s.images) for s in dataset.samples]
+
+
+def _prepare_output(out: Path, ckpt_root: Path, job: TrainJob) -> Path | None:
+    """Check the output directory against --resume/--force; return the checkpoint to resume from."""
+    has_content = out.is_dir() and any(out.iterdir())
+    if job.resume:
+        if is_main_process():
+            checkpoints.remove_uncommitted(ckpt_root)
+        return checkpoints.last_committed(ckpt_root)
+    if has_content and not job.force:
+        raise LlavakitError(f"output directory {out} is not empty; pass --resume to continue its run or "
+                            f"--force to start over")
+    if has_content and is_main_process():
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _step_of(checkpoint: Path | None) -> int | None:
+    return int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else None
+
+
+def _save_final(trainer: Trainer, processor: Any, out: Path, recipe: Recipe) -> tuple[Path | None, bool]:
+    """Write the model (or adapter) into ``out``: into a temp folder first, then renamed in file by file.
+
+    Every rank calls this (FSDP/DeepSpeed gather shards inside ``save_model``); only the main one writes.
+    """
+    from llavakit.train.lora import is_peft, merge_lora
+
+    model = trainer.model
+    main = trainer.is_world_process_zero()
+    tmp = out / ".model.partial"
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    adapter: Path | None = out if recipe.lora else None
+    merged = recipe.lora and recipe.merge_lora
+    try:
+        trainer.save_model(str(tmp))  # the trained model, or the LoRA adapter (+ projector) of a PEFT model
+        if not main:
+            return adapter, merged
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; recipe.json says it all
+        if merged:
+            adapter = out / "adapter"
+            shutil.rmtree(adapter, ignore_errors=True)
+            os.replace(tmp, adapter)
+            plain = merge_lora(model) if is_peft(model) else model
+            plain.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        for stale in ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                      "adapter_config.json"):
+            if not (tmp / stale).exists():
+                (out / stale).unlink(missing_ok=True)  # a previous run's weights of the other kind
+        for entry in sorted(tmp.iterdir()):
+            os.replace(entry, out / entry.name)
+    finally:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return adapter, merged
+
+
+def _last_logged_loss(trainer: Trainer) -> float | None:
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return float(losses[-1]) if losses else None
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)

@@ -21,6 +21,7 @@ against the same conversation prefilled from nothing.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -229,6 +230,41 @@ class OpenVINOBackend:
         """Forget the KV state (the image feature cache stays)."""
         self._lm.reset_state()
         self._state_keys = []
+
+    def fork(self) -> OpenVINOBackend:
+        """A twin sharing this backend's compiled models (weights stay in memory once) with its own
+        infer requests, so its own KV state, prefix-reuse keys and image-feature cache.
+
+        Twins may run at the same time in different threads (OpenVINO releases the GIL while it
+        infers): the server decodes N requests interleaved on N twins. Every compiled model held
+        as an attribute gets its own request (``CompiledModel.__call__`` shares one per model,
+        which threads would race on), so subclasses that add IR models are covered.
+        """
+        if self.name != "openvino":
+            raise LlavakitError(f"the {self.name} backend cannot fork independent sessions; serve it with one slot")
+        twin = copy.copy(self)
+        for attr, value in vars(self).items():
+            if isinstance(value, ov.InferRequest):
+                setattr(twin, attr, value.get_compiled_model().create_infer_request())
+            elif isinstance(value, (ov.CompiledModel, OwnRequest)):
+                setattr(twin, attr, OwnRequest(value))
+        twin._state_keys, twin._features = [], OrderedDict()
+        twin.cached_tokens, twin.image_encode_s = 0, 0.0
+        return twin
+
+
+class OwnRequest:
+    """A compiled model called like one, through an infer request of its own (see ``fork``)."""
+
+    def __init__(self, model: ov.CompiledModel | OwnRequest) -> None:
+        self.compiled = model.compiled if isinstance(model, OwnRequest) else model
+        self._request = self.compiled.create_infer_request()
+
+    def __call__(self, inputs: object) -> ov.utils.data_helpers.OVDict:
+        return self._request.infer(inputs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.compiled, name)
 
 
 def keep_last_logits(model: ov.Model) -> ov.Model:

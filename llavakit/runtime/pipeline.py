@@ -15,6 +15,7 @@ image, prompt too long) leaves the conversation exactly as it was.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,18 @@ class Pipeline:
     def chat(self, system: str | None = None, overflow: str = "error") -> ChatSession:
         """Start a multi-turn conversation; ``overflow="drop_oldest"`` forgets old turns instead of failing."""
         return ChatSession(self, system, overflow)
+
+    def fork(self) -> Pipeline:
+        """A Pipeline on the same loaded model with its own generation state (KV cache).
+
+        Forks may generate at the same time from different threads; the server runs one per
+        slot. Only backends that can share compiled models do it (OpenVINO); others raise.
+        """
+        if not hasattr(self.backend, "fork"):
+            raise LlavakitError(f"the {self.backend_name} backend cannot fork independent sessions")
+        twin = copy.copy(self)
+        twin.backend = self.backend.fork()
+        return twin
 
 
 class ChatSession:

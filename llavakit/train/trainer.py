@@ -125,7 +125,8 @@ def train(job: TrainJob) -> TrainResult:
     if trainer.is_world_process_zero():
         record = {"stage": recipe.stage, "base_model": str(Path(job.model).resolve()), "data": str(job.data),
                   "steps": trainer.state.global_step, "train_loss": output.training_loss, "final_loss": final_loss,
-                  "samples": n_samples, "lora": recipe.lora, "merged": merged,
+                  "samples": n_samples, "world_size": trainer.args.world_size, "lora": recipe.lora,
+                  "merged": merged,
                   "resumed_from": str(resume_from) if resume_from else None,
                   "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                                "peft": _version("peft") if recipe.lora else None}}

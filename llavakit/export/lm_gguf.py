@@ -56,14 +56,15 @@ def check_gguf_type(qtype: str) -> str:
 
 def write_text_lm(hf_model, tokenizer, out_dir: Path) -> Path:
     """Save the LLaVA's language model as a text-only HF causal LM (what llama.cpp's converter reads)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     text_config = hf_model.config.text_config
-    lm = AutoModelForCausalLM.from_config(text_config)
+    with torch.device("meta"):  # no second copy of the weights: the LLaVA's tensors are assigned below
+        lm = AutoModelForCausalLM.from_config(text_config)
     state = {f"model.{k}": v for k, v in hf_model.model.language_model.state_dict().items()}
     state.update({f"lm_head.{k}": v for k, v in hf_model.lm_head.state_dict().items()})
-    missing, unexpected = lm.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
+    missing, unexpected = lm.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise LlavakitError(f"cannot map the LLaVA language model to {type(lm).__name__}: "
                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -187,7 +187,7 @@ class LlamaCppBackend(OpenVINOBackend):
         try:
             return llama_cpp.Llama(model_path=str(self.gguf_path), n_ctx=self.max_context, n_batch=512,
                                    n_ubatch=512, n_threads=self.n_threads, n_threads_batch=self.n_threads,
-                                   flash_attn=False, verbose=False)
+                                   flash_attn=False, use_mmap=False, verbose=False)
         except (ValueError, RuntimeError) as exc:  # llama-cpp-python: "Failed to load model from file"
             raise ModelLoadError(f"llama.cpp could not load {self.gguf_path} ({exc}); the file is missing, "
                                  f"truncated or not a GGUF — export it again with --lm-gguf") from None

@@ -206,3 +206,57 @@ def test_openvino_genai_vlmpipeline_loads_the_llava_next_export(next_export, ov_
         theirs = pipe.generate("What is it?", images=tensors, generation_config=config).texts[0]
         ours = ov_next.generate("What is it?", images=images, max_new_tokens=16).text
         assert ours == theirs, images
+
+
+MISTRAL_LLAVA_TEMPLATE = (  # the shape of llava-hf/llava-v1.6-mistral-7b-hf's template: [INST] <image>\nQ [/INST]
+    "{% for message in messages %}{% if message['role'] == 'user' %}[INST] {% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} [/INST]"
+    "{% else %}{% for c in message['content'] %}{{ c['text'] }}{% endfor %}</s>{% endif %}{% endfor %}"
+)
+
+
+def test_llava_hf_style_checkpoint_made_with_transformers_classes(tmp_path):
+    """Not built by llavakit: transformers' own config/model/processor classes, saved as llava-hf ships them."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+        MistralConfig,
+    )
+
+    from llavakit.checkpoints.random_parts import make_tokenizer
+
+    tokenizer = make_tokenizer("mistral")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"], "pad_token": "<pad>"})
+    torch.manual_seed(0)
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                       image_size=32, patch_size=8, projection_dim=32).to_dict(),
+        text_config=MistralConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, intermediate_size=64, sliding_window=None,
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]],
+    )
+    model = LlavaNextForConditionalGeneration(config).eval()
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                 image_grid_pinpoints=config.image_grid_pinpoints)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=MISTRAL_LLAVA_TEMPLATE)
+    source = tmp_path / "llava-v1.6-tiny-hf"
+    model.save_pretrained(source)  # default: the legacy (llava-hf) key layout
+    processor.save_pretrained(source)
+    image = _image(70, 20, 3)
+    ours = Pipeline(source, backend="torch").generate("What is shown?", images=[image], max_new_tokens=8).token_ids
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                           {"type": "text", "text": "What is shown?"}]}], add_generation_prompt=True)
+    inputs = processor(text=text, images=[image], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    theirs = out[0, inputs["input_ids"].shape[1]:].tolist()
+    eos = tokenizer.eos_token_id
+    assert ours == (theirs[: theirs.index(eos)] if eos in theirs else theirs)

@@ -26,11 +26,13 @@ feature grid from which the rows (or columns) that only saw padding are cut —
 transformers' ``unpad_image`` — and one ``image_newline`` embedding ends every
 remaining row. :func:`pack_features` lays the features out in that order.
 
-Known divergence, on purpose: OpenVINO GenAI's llava_next computes the unpadded
-side with float32 and truncation instead of ``round(..., 7)``; for sizes where
-that product lands just under an integer GenAI keeps one more feature row or
-column than transformers. We follow transformers (the reference the model was
-trained with); tests avoid such sizes when comparing with GenAI.
+Known divergence, on purpose: OpenVINO GenAI 2026.4's llava_next computes the
+unpadded side in float32 and truncates instead of ``round(..., 7)``; where that
+product lands just under an integer (float32: 8 of the 32-px-tile sizes below
+400 px, e.g. 148x37; 336-px tiles: e.g. 592x37, 304x95, 703x296) GenAI cuts one
+more padding row (or column) on each side than transformers — seen: 148x37
+gives GenAI 42 image positions, transformers 68. We follow transformers (the
+reference the model was trained with); GenAI comparisons avoid such sizes.
 
 The "fast" (torchvision) LLaVA-NeXT processor resizes with torch kernels and is
 not bit-identical to PIL; llavakit installs no torchvision, so transformers

@@ -74,3 +74,40 @@ def rotate(root: str | Path, keep: int) -> None:
     done = [p for _, p in checkpoint_dirs(root) if is_committed(p)]
     for path in done[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def load_model_weights(model, checkpoint: str | Path) -> None:
+    """Load a checkpoint's weights into ``model`` (a transformers ``PreTrainedModel``), names converted.
+
+    Why this exists: transformers 5 saves LLaVA weights under their original hub names
+    (``language_model.model.layers...``; ``save_pretrained`` reverts its key renaming) while
+    the Trainer's resume loads the file with a plain ``load_state_dict(strict=False)``, which
+    then matches nothing and silently resumes from the *initial* weights. We map each saved
+    name to the model's own name through transformers' own ``revert_weight_conversion``
+    and refuse to go on if any weight is left unloaded.
+    """
+    import json as _json
+
+    from safetensors.torch import load_file
+    from transformers.core_model_loading import revert_weight_conversion
+
+    from llavakit.errors import LlavakitError
+
+    checkpoint = Path(checkpoint)
+    index = checkpoint / "model.safetensors.index.json"
+    files = sorted(set(_json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+        else ["model.safetensors"]
+    own = model.state_dict()
+    by_storage = {(t.data_ptr(), tuple(t.shape)): name for name, t in own.items()}
+    saved_names = revert_weight_conversion(model, dict(own))
+    to_own = {saved: by_storage.get((t.data_ptr(), tuple(t.shape)), saved) for saved, t in saved_names.items()}
+    loaded: dict = {}
+    for name in files:
+        for key, tensor in load_file(str(checkpoint / name), device="cpu").items():
+            loaded[to_own.get(key, key)] = tensor
+    result = model.load_state_dict(loaded, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = [k for k in result.missing_keys if k not in tied and k not in loaded]
+    if result.unexpected_keys or missing:
+        raise LlavakitError(f"checkpoint {checkpoint} does not match the model: unexpected "
+                            f"{result.unexpected_keys[:5]}, missing {missing[:5]}")

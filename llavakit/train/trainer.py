@@ -260,6 +260,16 @@ class LlavakitTrainer(Trainer):
                                         lengths=self._lengths, generator=generator)
         return super()._get_train_sampler(train_dataset)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        """Resume a plain (non-PEFT, non-sharded) model with its names converted (see checkpoints.py)."""
+        from transformers import PreTrainedModel
+
+        target = model if model is not None else self.model
+        if isinstance(target, PreTrainedModel) and not self.is_fsdp_enabled and not self.is_deepspeed_enabled:
+            checkpoints.load_model_weights(target, resume_from_checkpoint)
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+
 
 def _length_proxy(dataset: Any, model: torch.nn.Module) -> list[int]:
     """Approximate token count per sample (text chars / 3 + image tokens): enough to group by length."""

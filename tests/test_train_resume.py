@@ -1,0 +1,105 @@
+"""Kill a training run mid-way, resume it, and get the loss curve of a run never interrupted.
+
+The killed run is a real ``llavakit train`` process, SIGKILLed right after a
+checkpoint is committed (no chance to clean up); a half-written later checkpoint
+is left behind as a crash during saving would leave it. ``--resume`` must skip
+it, continue from the last complete checkpoint, and reproduce the uninterrupted
+run's per-step losses (same data order across the epoch boundary, same
+optimizer / scheduler / RNG state) and its final weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llavakit.train import TrainJob, resolve_recipe, train
+from llavakit.train.checkpoints import COMMIT_FILE
+
+LLAVAKIT = str(Path(sys.executable).with_name("llavakit"))  # the console script of this venv
+STEPS, SAVE = 16, 4  # 8 samples, batch 2: 4 steps an epoch, so the resume crosses epoch boundaries
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from llavakit.data.shapes import ShapesConfig, generate_shapes
+
+    root = tmp_path_factory.mktemp("shapes-resume")
+    generate_shapes(root, ShapesConfig(train=8, val=0, test=0, image_size=32, seed=2))
+    return root / "train.json"
+
+
+def _options(model: Path, data: Path, out: Path) -> list[str]:
+    return ["train", "--stage", "instruct", "--model", str(model), "--data", str(data), "--out", str(out),
+            "--max-steps", str(STEPS), "--save-steps", str(SAVE), "--logging-steps", "1", "--batch-size", "2",
+            "--grad-accum", "1", "--lr", "1e-3"]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    with (out / "train_log.csv").open() as fh:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(fh)}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_killed_run_resumes_on_the_same_loss_curve(tiny_llava: Path, data: Path, tmp_path: Path):
+    # 1. the reference: one uninterrupted run (in this process, one thread like the subprocesses)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = tmp_path / "uninterrupted"
+        recipe = resolve_recipe("instruct", overrides={"max_steps": STEPS, "save_steps": SAVE, "logging_steps": 1,
+                                                       "batch_size": 2, "grad_accum": 1, "learning_rate": 1e-3})
+        train(TrainJob(model=tiny_llava, data=data, out=ref, recipe=recipe, progress=False))
+    finally:
+        torch.set_num_threads(threads)
+
+    # 2. the same run in a process of its own, killed as soon as the step-8 checkpoint is committed
+    out = tmp_path / "killed"
+    cmd = [LLAVAKIT, *_options(tiny_llava, data, out)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    target = out / "checkpoints" / "checkpoint-8" / COMMIT_FILE
+    deadline = time.monotonic() + 120
+    while not target.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    output = proc.communicate()[0].decode(errors="replace")
+    assert target.exists(), output
+    assert not (out / "llavakit_train.json").exists(), "the run finished before it could be killed"
+    killed_at = max(_losses(out))
+    assert killed_at < STEPS
+
+    # a save interrupted half-way: a later checkpoint directory without its commit marker
+    partial = out / "checkpoints" / "checkpoint-12"
+    if not (partial / COMMIT_FILE).exists():
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "model.safetensors").write_bytes(b"truncated")
+
+    # 3. resume: picks checkpoint-8 (or a later committed one), ignores and removes the partial one
+    resumed = subprocess.run([LLAVAKIT, *_options(tiny_llava, data, out), "--resume"],
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stderr and "checkpoint-" in resumed.stderr
+    record = json.loads((out / "llavakit_train.json").read_text())
+    assert record["steps"] == STEPS and record["resumed_from"].endswith(("checkpoint-8", "checkpoint-12"))
+
+    want, got = _losses(ref), _losses(out)
+    assert sorted(got) == list(range(1, STEPS + 1))  # one continuous curve: no step twice, none missing
+    assert want[STEPS] < want[1] - 0.1  # the curve moves, so a wrong resume would show
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-5), (step, want, got)
+    final_ref, final_resumed = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    for key in final_ref:
+        torch.testing.assert_close(final_resumed[key], final_ref[key], rtol=1e-4, atol=1e-5)

@@ -42,7 +42,7 @@ from llavakit.export.compress import (
 )
 from llavakit.export.convert import convert_language_model, convert_text_embeddings, convert_vision
 
-SUPPORTED = ("llava", "llava_next")
+SUPPORTED = ("llava", "llava_next", "moe_llava")
 
 
 def export_openvino(
@@ -120,6 +120,8 @@ def _load(source: Path):
     config = json.loads((source / "config.json").read_text())
     if config.get("model_type") not in SUPPORTED:
         raise ModelLoadError(f"{source} holds a {config.get('model_type')!r} model; export supports {SUPPORTED}")
+    import llavakit.models.moe_llava  # noqa: F401  (registers "moe_llava" with the Auto classes)
+
     model = AutoModelForImageTextToText.from_pretrained(source, dtype="float32").eval()
     return model, AutoProcessor.from_pretrained(source)
 

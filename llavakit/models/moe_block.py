@@ -25,8 +25,11 @@ DeepSpeed's ``MoE`` layer, and DeepSpeed's ``TopKGate``):
   sum, because the decoder layer only passes hidden states through its MLP.
 - **Dispatch is sparse**: each expert runs only on the tokens routed to it
   (gather → expert → weighted scatter-add). The same code traces to OpenVINO
-  (NonZero/Gather/ScatterAdd with dynamic shapes), so exported models also skip
-  unselected experts.
+  (NonZero/Gather/ScatterElementsUpdate with dynamic shapes), so exported
+  models also skip unselected experts. When tracing, the router is written as
+  a multiply-and-sum instead of a MatMul: NNCF's weight compression then leaves
+  its ``E × C`` weight in float (a few KiB), because a 4- or 8-bit gate can
+  flip which experts a token reaches — the reference keeps the gate in fp32 too.
 - **Usage statistics**: when ``track_usage`` is on, the block counts how many
   token assignments each expert received (outside autograd, never while
   tracing) — the data behind "which experts fired in this generation".
@@ -100,9 +103,12 @@ class MoEBlock(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         flat = hidden_states.reshape(-1, shape[-1])  # (N, C)
-        logits = F.linear(flat.float(), self.router.weight.float())  # (N, E) in fp32
-        probs, weights, experts = route(logits, self.top_k)  # (N, E), (N, k), (N, k)
         tracing = torch.jit.is_tracing()
+        if tracing:  # exports: multiply-and-sum, not a MatMul, so weight compression keeps the router exact
+            logits = (flat.float().unsqueeze(-2) * self.router.weight.float()).sum(dim=-1)  # (N, E)
+        else:
+            logits = F.linear(flat.float(), self.router.weight.float())  # (N, E) in fp32
+        probs, weights, experts = route(logits, self.top_k)  # (N, E), (N, k), (N, k)
         self.aux_loss = None if tracing else load_balancing_loss(probs, experts, self.num_experts)
         if self.training and not tracing:
             capacity = expert_capacity(flat.shape[0], self.num_experts, self.top_k,

@@ -35,3 +35,32 @@ def shapes(
         out.print(f"{split:>5}: {info['samples']} samples, {info['questions']} questions "
                   f"({info['heldout_samples']} with held-out pairs) — {fams}")
     out.print(f"wrote {out_dir}/{{train,val,test}}.json (LLaVA) and .jsonl (HF messages), images/ and dataset.json")
+
+
+@data_app.command()
+@friendly_errors
+def check(
+    path: Annotated[Path, typer.Argument(help="Data file (LLaVA JSON, HF messages JSON/JSONL) or a datasets dir.")],
+    image_root: Annotated[Path | None, typer.Option(help="Folder relative image paths start from.")] = None,
+    deep: Annotated[bool, typer.Option(help="Decode every image fully (slower).")] = False,
+    skip_bad: Annotated[bool, typer.Option(help="Report bad samples as a warning instead of an error.")] = False,
+) -> None:
+    """Read and validate a training file the way `llavakit train` does, before any GPU time is spent."""
+    import warnings
+    from collections import Counter
+
+    from llavakit.data import read_dataset, validate
+
+    samples = read_dataset(path, image_root=image_root)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        good = validate(samples, skip_bad=skip_bad, deep=deep)
+    for w in caught:
+        out.print(f"[yellow]warning:[/] {w.message}")
+    turns = sum(sum(m["role"] == "assistant" for m in s.messages) for s in good)
+    images = sum(len(s.images) for s in good)
+    families = Counter(s.meta.get("family", "-") for s in good)
+    out.print(f"{len(good)} usable samples of {len(samples)}: {turns} answers, {images} images, "
+              f"{sum(not s.images for s in good)} text-only")
+    if len(families) > 1:
+        out.print("families: " + ", ".join(f"{k} {v}" for k, v in sorted(families.items())))

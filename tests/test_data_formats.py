@@ -144,3 +144,19 @@ def test_unreadable_files_raise_clearly(tmp_path: Path) -> None:
     (tmp_path / "number.json").write_text("42")
     with pytest.raises(DataError, match="expected a list of samples"):
         read_dataset(tmp_path / "number.json")
+
+
+def test_cli_check(folder: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llavakit.cli import app
+
+    good = {"id": "a", "image": "imgs/red.png",
+            "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}]}
+    bad = {"id": "lost", "image": "imgs/gone.png", "conversations": good["conversations"]}
+    (folder / "c.json").write_text(json.dumps([good, bad]))
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "check", str(folder / "c.json")])
+    assert result.exit_code == 2 and "lost" in result.output and "does not exist" in result.output
+    result = runner.invoke(app, ["data", "check", str(folder / "c.json"), "--skip-bad", "--deep"])
+    assert result.exit_code == 0 and "1 usable samples of 2" in result.output and "skipped 1" in result.output

@@ -88,10 +88,45 @@ def _ref(rng: random.Random, scene: Scene, obj: SceneObject) -> str:
     return rng.choice(options)
 
 
+def _by_position(rng: random.Random, scene: Scene, target: SceneObject | None = None
+                 ) -> tuple[SceneObject, str] | None:
+    """An object named by where it is ("the leftmost shape"), when it is clearly the most extreme one."""
+    if len(scene.objects) < 2:
+        return None
+    margin = 0.10 * scene.size
+    options = []
+    for axis, low, high in (("cx", ("leftmost", "left-most", "far left"), ("rightmost", "right-most", "far right")),
+                            ("cy", ("topmost", "highest", "top"), ("lowest", "bottom-most", "bottom"))):
+        ranked = sorted(scene.objects, key=lambda o: getattr(o, axis))
+        if getattr(ranked[1], axis) - getattr(ranked[0], axis) > margin:
+            options.append((ranked[0], low))
+        if getattr(ranked[-1], axis) - getattr(ranked[-2], axis) > margin:
+            options.append((ranked[-1], high))
+    if target is not None:
+        options = [o for o in options if o[0] is target]
+    if not options:
+        return None
+    obj, words = rng.choice(options)
+    word = rng.choice(words)
+    noun = rng.choice(("shape", "object", "figure"))
+    if word in ("top", "bottom"):
+        return obj, rng.choice((f"{noun} on the {word}", f"{noun} at the {word}"))
+    if word in ("far left", "far right"):
+        return obj, f"{noun} on the {word}"
+    return obj, f"{word} {noun}"
+
+
 # ------------------------------------------------------------------------------------------ families
 
 
 def ask_color(rng: random.Random, scene: Scene, target: SceneObject | None = None) -> QA | None:
+    placed = _by_position(rng, scene, target) if rng.random() < 0.25 else None
+    if placed:
+        obj, ref = placed
+        c = _colour_word(rng)
+        q = rng.choice((f"What {c} is the {ref}?", f"What is the {c} of the {ref}?", f"Which {c} is the {ref}?",
+                        f"Tell me the {c} of the {ref}.", f"The {ref} is what {c}?"))
+        return QA("color", _finish(rng, q), obj.color, "color")
     candidates = [o for o in scene.objects if sum(p.shape == o.shape for p in scene.objects) == 1]
     if target is not None:
         candidates = [target] if target in candidates else []
@@ -111,6 +146,13 @@ def ask_color(rng: random.Random, scene: Scene, target: SceneObject | None = Non
 
 
 def ask_shape(rng: random.Random, scene: Scene, target: SceneObject | None = None) -> QA | None:
+    placed = _by_position(rng, scene, target) if rng.random() < 0.25 else None
+    if placed:
+        obj, ref = placed
+        ref = ref.replace("shape", "one")  # "what shape is the leftmost one?", not "... leftmost shape?"
+        q = rng.choice((f"What shape is the {ref}?", f"What is the shape of the {ref}?",
+                        f"Which shape is the {ref}?", f"What kind of shape is the {ref}?"))
+        return QA("shape", _finish(rng, q), obj.shape, "shape")
     candidates = [o for o in scene.objects if sum(p.color == o.color for p in scene.objects) == 1]
     if target is not None:
         candidates = [target] if target in candidates else []
@@ -131,8 +173,12 @@ def ask_shape(rng: random.Random, scene: Scene, target: SceneObject | None = Non
 
 
 def ask_count(rng: random.Random, scene: Scene, allowed_pairs: list[tuple[str, str]]) -> QA:
-    mode = rng.choices(("all", "shape", "color"), weights=(4, 3, 3))[0]
-    if mode == "shape":
+    mode = rng.choices(("all", "shape", "color", "pair"), weights=(4, 3, 3, 1))[0]
+    if mode == "pair":
+        color, shape = rng.choice(sorted(scene.pairs())) if rng.random() < 0.5 else rng.choice(allowed_pairs)
+        n = int((color, shape) in scene.pairs())
+        noun = f"{color} {PLURALS[shape]}"
+    elif mode == "shape":
         present = [o.shape for o in scene.objects]
         shape = rng.choice(present) if rng.random() < 0.85 else rng.choice(SHAPES)
         n = present.count(shape)
@@ -273,6 +319,8 @@ def ask_read(rng: random.Random, scene: Scene) -> QA | None:
         "What is the word?", "What word can you read in the picture?", "Read the text in the image.",
         "What does the word in the image say?", "What is written here?", "Which word is shown?",
         "What word is printed in the picture?", "Can you read the word in the image?",
+        "What text appears in the image?", "What is the text in the image?", "Which word is written on the picture?",
+        "What does the writing say?",
     ))
     return QA("read", _finish(rng, q), scene.word, "word")
 
@@ -302,6 +350,8 @@ def ask_caption(rng: random.Random, scene: Scene) -> QA:
         "Write a one-sentence description of the scene.", "Caption this image.", "Briefly describe what you see.",
         "Describe this picture briefly.", "What does the image show?", "Summarize the image in one sentence.",
         "What can you see in this picture?", "Write a caption for the image.", "Describe the scene.",
+        "What do you see?", "Describe what is shown.", "Give a one-sentence description of this image.",
+        "Describe the image.", "Describe all the shapes in the picture.",
     ))
     return QA("caption", _finish(rng, q, short=False), describe(scene, rng), "caption")
 

@@ -43,19 +43,19 @@ COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
 _HUE_BANDS: dict[str, tuple[float, float, tuple[float, float], tuple[float, float]]] = {
     "red": (0.0, 8.0, (0.75, 1.0), (0.70, 1.0)),
     "orange": (27.0, 5.0, (0.80, 1.0), (0.90, 1.0)),
-    "yellow": (54.0, 4.0, (0.75, 1.0), (0.88, 1.0)),
+    "yellow": (54.0, 4.0, (0.75, 1.0), (0.80, 1.0)),
     "green": (125.0, 20.0, (0.65, 1.0), (0.45, 0.90)),
     "blue": (222.0, 14.0, (0.70, 1.0), (0.60, 1.0)),
     "purple": (285.0, 12.0, (0.55, 0.95), (0.45, 0.85)),
 }
 #: Textbook values other renderers are likely to use (CSS / matplotlib names).
 _CANONICAL: dict[str, tuple[tuple[int, int, int], ...]] = {
-    "red": ((255, 0, 0), (220, 20, 60), (200, 0, 0)),
-    "orange": ((255, 165, 0), (255, 140, 0), (255, 128, 0)),
-    "yellow": ((255, 255, 0), (255, 215, 0), (240, 220, 0)),
-    "green": ((0, 128, 0), (0, 255, 0), (34, 139, 34), (0, 200, 0)),
-    "blue": ((0, 0, 255), (30, 144, 255), (0, 0, 200), (65, 105, 225)),
-    "purple": ((128, 0, 128), (148, 0, 211), (160, 32, 240), (128, 0, 255)),
+    "red": ((255, 0, 0), (220, 20, 60), (200, 0, 0), (214, 39, 40), (230, 50, 50)),
+    "orange": ((255, 165, 0), (255, 140, 0), (255, 128, 0), (255, 127, 14)),
+    "yellow": ((255, 255, 0), (255, 215, 0), (240, 220, 0), (230, 210, 30), (210, 200, 0)),
+    "green": ((0, 128, 0), (0, 255, 0), (34, 139, 34), (0, 200, 0), (44, 160, 44), (50, 205, 50)),
+    "blue": ((0, 0, 255), (30, 144, 255), (0, 0, 200), (65, 105, 225), (31, 119, 180), (0, 100, 255)),
+    "purple": ((128, 0, 128), (148, 0, 211), (160, 32, 240), (128, 0, 255), (148, 103, 189), (120, 40, 170)),
 }
 
 WORDS: tuple[str, ...] = (
@@ -79,6 +79,7 @@ class SceneObject:
     rgb: tuple[int, int, int]
     rotation: float = 0.0  # degrees
     style: str = "fill"  # fill | outline | hollow
+    variant: tuple[float, ...] = ()  # triangles: (kind 0 regular / 1 isosceles / 2 right, half-w, half-h, mirror)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def sample_scene(
     if with_word is None:
         with_word = rng.random() < 0.35
     if n_objects is None:
-        n_objects = rng.choices((1, 2, 3, 4, 5), weights=(22, 26, 22, 16, 14))[0]
+        n_objects = rng.choices((1, 2, 3, 4, 5, 6), weights=(20, 25, 21, 15, 12, 7))[0]
     background = _sample_background(rng)
     word = word_box = None
     word_style: dict = {}
@@ -185,7 +186,8 @@ def sample_scene(
 
     # Bigger objects when there are few of them; rejection-sample non-overlapping positions.
     objects: list[SceneObject] = []
-    scale = {1: (0.12, 0.24), 2: (0.10, 0.19), 3: (0.09, 0.16), 4: (0.08, 0.14), 5: (0.07, 0.12)}[len(chosen)]
+    scale = {1: (0.12, 0.26), 2: (0.10, 0.19), 3: (0.09, 0.16), 4: (0.08, 0.14), 5: (0.07, 0.12), 6: (0.065, 0.11)
+             }[len(chosen)]
     for color, shape in chosen:
         for _attempt in range(60):
             r = rng.uniform(*scale) * size
@@ -201,7 +203,11 @@ def sample_scene(
             continue  # no room: fewer objects (answers are computed from what is placed)
         style = rng.choices(("fill", "outline", "hollow"), weights=(62, 30, 8))[0]
         rot = _sample_rotation(rng, shape)
-        objects.append(SceneObject(shape, color, cx, cy, r, sample_color(rng, color), rot, style))
+        variant: tuple[float, ...] = ()
+        if shape == "triangle" and rng.random() < 0.4:  # not only equilateral: isosceles and right triangles
+            variant = (rng.choice((1.0, 2.0)), rng.uniform(0.65, 0.9), rng.uniform(0.6, 0.8), rng.choice((-1.0, 1.0)))
+            rot = rng.choice((0.0, 0.0, 180.0, rng.uniform(-20, 20)))
+        objects.append(SceneObject(shape, color, cx, cy, r, sample_color(rng, color), rot, style, variant))
     if not objects or (must_include and (objects[0].color, objects[0].shape) != must_include):
         # Always room for one object when the scene is empty; retry with fewer objects.
         return sample_scene(rng, size, allowed_pairs=allowed_pairs, n_objects=max(1, n_objects - 1),
@@ -229,14 +235,22 @@ def _sample_word_style(rng: random.Random, size: int, dark_background: bool) -> 
             fill = (255, 255, 255) if rng.random() < 0.5 else _neutral(rng, 0.85, 1.0)
         else:
             fill = (0, 0, 0) if rng.random() < 0.5 else _neutral(rng, 0.0, 0.3)
-    else:
-        fill = sample_color(rng, rng.choice(COLORS))
+    else:  # a coloured word, only in a colour that stands out from the background (no yellow on white)
+        fill = (255, 255, 255) if dark_background else (0, 0, 0)
+        for _ in range(8):
+            candidate = sample_color(rng, rng.choice(COLORS))
+            lum = 0.299 * candidate[0] + 0.587 * candidate[1] + 0.114 * candidate[2]
+            if (lum > 150) if dark_background else (lum < 130):
+                fill = candidate
+                break
     return {
         "font_size": int(rng.uniform(0.11, 0.19) * size),
         "case": rng.choices(("upper", "lower", "title"), weights=(4, 4, 2))[0],
         "fill": fill,
         "stroke": rng.choice((0, 0, 0, 1)),
         "angle": rng.choice((0.0, 0.0, rng.uniform(-8, 8))),
+        "stretch": rng.choice((1.0, 1.0, rng.uniform(0.8, 1.25))),  # narrower / wider letters
+        "shear": rng.choice((0.0, 0.0, 0.0, rng.uniform(-0.25, 0.25))),  # italic-like slant
     }
 
 
@@ -255,8 +269,9 @@ def _cased(word: str, case: str) -> str:
 
 def _word_extent(style: dict, word: str) -> tuple[float, float]:
     x0, y0, x1, y1 = _font(style["font_size"]).getbbox(_cased(word, style["case"]), stroke_width=style["stroke"])
-    pad = 2 + abs(style["angle"]) / 8 * 0.15 * (x1 - x0)
-    return (x1 - x0) + 2 * pad, (y1 - y0) + 2 * pad
+    w, h = (x1 - x0) * style.get("stretch", 1.0), y1 - y0
+    pad = 2 + abs(style["angle"]) / 8 * 0.15 * w + abs(style.get("shear", 0.0)) * h
+    return w + 2 * pad, h + 2 * pad
 
 
 # --------------------------------------------------------------------------------------- rendering
@@ -266,16 +281,23 @@ def render(scene: Scene) -> Image.Image:
     """Draw ``scene`` (deterministic: rendering randomness comes from ``scene.render_seed``)."""
     rng = random.Random(scene.render_seed)
     size = scene.size
-    ss = rng.choices((1, 2, 3), weights=(2, 6, 2))[0]  # supersampling factor: 1 = aliased edges
-    canvas = _background(scene.background, size * ss)
+    # Drawing resolution relative to the output: 1 = aliased edges, >1 anti-aliased, <1 soft (upscaled)
+    ss = rng.choices((1.0, 2.0, 3.0, rng.uniform(0.55, 0.9), rng.uniform(1.2, 1.8)), weights=(2, 5, 2, 1, 1))[0]
+    canvas = _background(scene.background, max(8, round(size * ss)))
     draw = ImageDraw.Draw(canvas)
     for obj in scene.objects:
         _draw_object(draw, obj, ss, rng)
-    if ss > 1:
+    if canvas.size != (size, size):
         canvas = canvas.resize((size, size), rng.choice((Image.Resampling.LANCZOS, Image.Resampling.BILINEAR,
-                                                          Image.Resampling.BOX)))
+                                                          Image.Resampling.BOX, Image.Resampling.BICUBIC)))
     if scene.word:
         _draw_word(canvas, scene)
+    if rng.random() < 0.12:  # JPEG artefacts, as in pictures saved by other tools
+        from io import BytesIO
+
+        buf = BytesIO()
+        canvas.save(buf, format="JPEG", quality=rng.randint(55, 92))
+        canvas = Image.open(BytesIO(buf.getvalue())).convert("RGB")
     return canvas
 
 
@@ -314,7 +336,7 @@ def _background(bg: dict, n: int) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
-def _polygon(obj: SceneObject, ss: int) -> list[tuple[float, float]]:
+def _polygon(obj: SceneObject, ss: float) -> list[tuple[float, float]]:
     cx, cy, r = obj.cx * ss, obj.cy * ss, obj.radius * ss
     rot = math.radians(obj.rotation)
     if obj.shape == "square":
@@ -331,6 +353,14 @@ def _polygon(obj: SceneObject, ss: int) -> list[tuple[float, float]]:
     for i, rad in enumerate(radii):
         ang = start + rot + 2 * math.pi * i / n
         pts.append((cx + rad * math.cos(ang), cy + rad * math.sin(ang)))
+    if obj.shape == "triangle" and obj.variant:  # isosceles / right triangle in a box, then rotated
+        kind, hw, hh, mirror = obj.variant
+        hw, hh = hw * r, hh * r
+        local = [(0.0, -hh), (-hw, hh), (hw, hh)] if kind == 1 else [(-hw * mirror, -hh), (-hw * mirror, hh),
+                                                                       (hw * mirror, hh)]
+        mx, my = sum(x for x, _ in local) / 3, sum(y for _, y in local) / 3  # centroid on (cx, cy): inside
+        c, s_ = math.cos(rot), math.sin(rot)
+        return [(cx + (x - mx) * c - (y - my) * s_, cy + (x - mx) * s_ + (y - my) * c) for x, y in local]
     if obj.shape == "triangle":  # centre the triangle's bounding box on (cx, cy): looks placed, not shifted
         ys = [p[1] for p in pts]
         dy = cy - (min(ys) + max(ys)) / 2
@@ -338,7 +368,7 @@ def _polygon(obj: SceneObject, ss: int) -> list[tuple[float, float]]:
     return pts
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, ss: int, rng: random.Random) -> None:
+def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, ss: float, rng: random.Random) -> None:
     width = max(1, round(rng.uniform(1.0, 2.5) * ss))
     fill: tuple[int, int, int] | None = obj.rgb
     outline = None
@@ -348,7 +378,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, ss: int, rng: rand
     elif obj.style == "hollow":
         fill, outline = None, obj.rgb
         thick = (0.10, 0.14) if obj.shape == "star" else (0.18, 0.28)  # thick star outlines self-intersect
-        width = max(2 * ss, round(obj.radius * ss * rng.uniform(*thick)))
+        width = int(max(2 * ss, round(obj.radius * ss * rng.uniform(*thick))))
     if obj.shape == "circle":
         r = obj.radius * ss * 0.95
         box = (obj.cx * ss - r, obj.cy * ss - r, obj.cx * ss + r, obj.cy * ss + r)
@@ -363,10 +393,18 @@ def _draw_word(canvas: Image.Image, scene: Scene) -> None:
     font = _font(style["font_size"])
     x0, y0, x1, y1 = scene.word_box or (0, 0, 0, 0)
     stroke_fill = (255, 255, 255) if sum(style["fill"]) < 384 else (0, 0, 0)
-    layer = Image.new("RGBA", (int(x1 - x0) + 1, int(y1 - y0) + 1), (0, 0, 0, 0))
+    box = (int(x1 - x0) + 1, int(y1 - y0) + 1)
+    stretch, shear = style.get("stretch", 1.0), style.get("shear", 0.0)
+    # Draw unstretched on a layer wide enough for the plain text, then map it onto the word box:
+    # output (x, y) samples input (x / stretch + shear * (y - h/2), y) — wider/narrower letters and a slant.
+    layer = Image.new("RGBA", (int(box[0] / stretch) + 1, box[1]), (0, 0, 0, 0))
     d = ImageDraw.Draw(layer)
-    d.text((layer.width / 2, layer.height / 2), text, font=font, fill=tuple(style["fill"]) + (255,), anchor="mm",
-           stroke_width=style["stroke"], stroke_fill=stroke_fill + (255,))
+    d.text((layer.width / 2, layer.height / 2), text, font=font, fill=tuple(style["fill"]) + (255,),
+           anchor="mm", stroke_width=style["stroke"], stroke_fill=stroke_fill + (255,))
+    if stretch != 1.0 or shear:
+        h2 = layer.height / 2
+        layer = layer.transform(box, Image.Transform.AFFINE, (1 / stretch, shear, -shear * h2, 0, 1, 0),
+                                resample=Image.Resampling.BICUBIC)
     if style["angle"]:
         layer = layer.rotate(style["angle"], resample=Image.Resampling.BICUBIC, expand=False)
     canvas.paste(layer, (int(x0), int(y0)), layer)

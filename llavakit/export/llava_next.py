@@ -27,10 +27,17 @@ def is_llava_next(model) -> bool:
 
 
 def tile_batches(pixels: list[np.ndarray] | None) -> list[np.ndarray] | None:
-    """Calibration items ``(1, N_tiles, 3, S, S)`` from the LLaVA-NeXT processor → the IR's ``(N_tiles, 3, S, S)``."""
+    """Calibration items ``(1, N_tiles, 3, S, S)`` from the LLaVA-NeXT processor → single tiles ``(1, 3, S, S)``.
+
+    Round-robin over images (every image's base tile, then every image's first
+    grid tile, ...), so that the first ``calibration_size`` items — all that the
+    quantizer takes — cover as many images as possible, base views and crops alike.
+    """
     if pixels is None:
         return None
-    return [p.reshape(-1, *p.shape[-3:]) for p in pixels]
+    per_image = [p.reshape(-1, *p.shape[-3:]) for p in pixels]  # each (N_tiles, 3, S, S)
+    most = max((len(t) for t in per_image), default=0)
+    return [tiles[i : i + 1] for i in range(most) for tiles in per_image if i < len(tiles)]
 
 
 def refuse_data_aware(options) -> None:

@@ -29,6 +29,7 @@ demo: install
 	$(BIN)/llavakit demo
 
 test: install-dev
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
 clean:

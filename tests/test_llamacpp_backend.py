@@ -138,3 +138,15 @@ def test_llamacpp_backend_imports_no_torch(gguf_export: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_thread_count_from_the_environment(monkeypatch) -> None:
+    from llavakit.runtime.llamacpp_backend import default_threads
+
+    monkeypatch.setenv("LLAVAKIT_LLAMACPP_THREADS", "1")
+    assert default_threads() == 1
+    monkeypatch.setenv("LLAVAKIT_LLAMACPP_THREADS", "two")
+    with pytest.raises(LlavakitError, match="LLAVAKIT_LLAMACPP_THREADS"):
+        default_threads()
+    monkeypatch.delenv("LLAVAKIT_LLAMACPP_THREADS")
+    assert default_threads() >= 1

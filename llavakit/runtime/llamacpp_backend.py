@@ -73,7 +73,17 @@ def _import_llama_cpp():
 
 
 def default_threads() -> int:
-    """CPUs this process may run on (llama-cpp-python's own default is half of them)."""
+    """``$LLAVAKIT_LLAMACPP_THREADS``, else the CPUs this process may run on (llama-cpp-python's default is half).
+
+    On a machine other jobs keep busy, fewer threads than cores can be much faster: llama.cpp's
+    threads wait for each other at every op, so one descheduled thread stalls them all.
+    """
+    if os.environ.get("LLAVAKIT_LLAMACPP_THREADS", "").strip():
+        try:
+            return max(1, int(os.environ["LLAVAKIT_LLAMACPP_THREADS"]))
+        except ValueError:
+            raise LlavakitError(f"LLAVAKIT_LLAMACPP_THREADS must be a whole number, got "
+                                f"{os.environ['LLAVAKIT_LLAMACPP_THREADS']!r}") from None
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,8 @@ class CsvLogCallback(TrainerCallback):
         self._last_time = time.perf_counter()
         self._start = self._last_time
         self._elapsed_before = 0.0
-        self._cut_back(resume_step)
+        if int(os.environ.get("RANK", "0")) == 0:  # only the main process owns the file
+            self._cut_back(resume_step)
 
     def _cut_back(self, resume_step: int | None) -> None:
         """Keep rows up to ``resume_step`` (a fresh run, None, keeps none)."""

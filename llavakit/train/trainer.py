@@ -233,6 +233,8 @@ def training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
         ddp_find_unused_parameters=recipe.stage == "moe",  # an expert may get no token in a step
         report_to="none",
         disable_tqdm=True,
+        # several processes and no GPU: DDP over gloo (transformers only goes multi-CPU when told to use the CPU)
+        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     )
     if recipe.gradient_checkpointing:  # (named activation_checkpointing from transformers 5.2x on; both accept this)
         kwargs.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -279,15 +281,17 @@ def _length_proxy(dataset: Any, model: torch.nn.Module) -> list[int]:
 
 def _prepare_output(out: Path, ckpt_root: Path, job: TrainJob) -> Path | None:
     """Check the output directory against --resume/--force; return the checkpoint to resume from."""
-    has_content = out.is_dir() and any(out.iterdir())
     if job.resume:
         if is_main_process():
             checkpoints.remove_uncommitted(ckpt_root)
         return checkpoints.last_committed(ckpt_root)
+    if not is_main_process():  # rank 0 decides (and fails the launch if it must); others may see its files
+        return None
+    has_content = out.is_dir() and any(out.iterdir())
     if has_content and not job.force:
         raise LlavakitError(f"output directory {out} is not empty; pass --resume to continue its run or "
                             f"--force to start over")
-    if has_content and is_main_process():
+    if has_content:
         shutil.rmtree(ckpt_root, ignore_errors=True)
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
         for name in RUN_FILES:

@@ -13,7 +13,8 @@ from llavakit.cli import app, err, friendly_errors, out
 @app.command("eval")
 @friendly_errors
 def eval_cmd(
-    model: Annotated[str, typer.Argument(help="HF-format LLaVA directory (or an OpenVINO export).")],
+    model: Annotated[list[str], typer.Argument(help="HF-format LLaVA directory or OpenVINO export; several "
+                                                    "(e.g. dense and MoE) give side-by-side columns.")],
     data: Annotated[Path, typer.Option(help="Test file: LLaVA JSON or HF messages (e.g. shapes test.json).")],
     backend: Annotated[str, typer.Option(help="openvino or torch.")] = "openvino",
     weights: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, int8, int4.")] = "fp32",
@@ -25,7 +26,7 @@ def eval_cmd(
     device: Annotated[Optional[str], typer.Option(help="OpenVINO: CPU, GPU, ...; torch: cpu, cuda.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write scores and predictions here.")] = None,
 ) -> None:
-    """Accuracy per question family and overall (greedy answers), one column per precision."""
+    """Accuracy per question family and overall (greedy answers), one column per model and precision."""
     from rich.progress import Progress
 
     from llavakit.eval.accuracy import evaluate, write_json

@@ -126,6 +126,13 @@ def test_llavakit_eval_end_to_end(tiny_llava: Path, tiny_export: Path, tmp_path:
                                  "--limit", "4", "--max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
     assert "fp32" in result.output and "overall" in result.output
+    # two models side by side (dense vs MoE in real use): one column each
+    (tmp_path / "other-ov").symlink_to(tiny_export, target_is_directory=True)
+    result = runner.invoke(app, ["eval", str(tiny_export), str(tmp_path / "other-ov"), "--data",
+                                 str(tmp_path / "s" / "test.json"), "--limit", "2", "--max-new-tokens", "2",
+                                 "--json", str(tmp_path / "two.json")])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((tmp_path / "two.json").read_text())["accuracy"]) == {"tiny-ov fp32", "other-ov fp32"}
     bad = runner.invoke(app, ["eval", str(tiny_llava), "--data", str(tmp_path / "s" / "test.json"),
                               "--backend", "torch", "--weights", "int4"])
     assert bad.exit_code == 2 and "fp32 only" in bad.output

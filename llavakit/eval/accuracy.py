@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,21 +310,33 @@ def pipeline_predictor(pipe: Any, max_new_tokens: int | None = None) -> Callable
     return predict
 
 
-def evaluate(model: str | Path, data: str | Path, *, backend: str = "openvino", precisions: Iterable[str] = ("fp32",),
-             limit: int | None = None, max_new_tokens: int | None = None, calibration: str | None = None,
-             device: str | None = None, on_progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
-    """Evaluate ``model`` on ``data`` for each precision; see the module docstring for the scoring."""
+def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, *, backend: str = "openvino",
+             precisions: Iterable[str] = ("fp32",), limit: int | None = None, max_new_tokens: int | None = None,
+             calibration: str | None = None, device: str | None = None,
+             on_progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
+    """Evaluate ``model`` (or several, e.g. dense vs MoE) on ``data`` at each precision, one column each."""
+    models = [model] if isinstance(model, (str, Path)) else list(model)
     items = load_items(data, limit)
     if not items:
         raise LlavakitError(f"{data} has no questions to evaluate")
+    precisions = list(precisions)
+    names = _column_names(models)
     columns = []
-    for precision in precisions:
-        pipe = open_variant(model, backend, precision, calibration, device)
-        name = precision if backend == "openvino" else f"{backend}-{precision}"
-        tick = (lambda n, _p=name: on_progress(_p, n, len(items))) if on_progress else None
-        columns.append(score_items(items, pipeline_predictor(pipe, max_new_tokens), name, tick))
-        del pipe
-    return EvalReport(data=str(data), model=str(model), columns=columns)
+    for source, label in zip(models, names):
+        for precision in precisions:
+            pipe = open_variant(source, backend, precision, calibration, device)
+            name = precision if backend == "openvino" else f"{backend}-{precision}"
+            name = f"{label} {name}" if len(models) > 1 else name
+            tick = (lambda n, _p=name: on_progress(_p, n, len(items))) if on_progress else None
+            columns.append(score_items(items, pipeline_predictor(pipe, max_new_tokens), name, tick))
+            del pipe
+    return EvalReport(data=str(data), model=", ".join(str(m) for m in models), columns=columns)
+
+
+def _column_names(models: list) -> list[str]:
+    """Short distinct labels: the folder names, or their full paths when two share a name."""
+    names = [Path(str(m)).name or str(m) for m in models]
+    return names if len(set(names)) == len(names) else [str(m) for m in models]
 
 
 def write_json(report: EvalReport, path: str | Path) -> None:

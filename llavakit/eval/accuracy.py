@@ -7,7 +7,10 @@ answer phrased as a short sentence still counts and a hedge never does:
   the articles a / an / the dropped; number words zero…twenty become digits;
   "colour"/"color" spelling irrelevant; plural shape names singular.
 * ``yesno``: the first word decides — yes / yeah / yep / true / correct /
-  certainly → yes; no / nope / false / not / none → no.
+  certainly → yes; no / nope / false / not / none → no; a sentence starting
+  "There is/are", "I (can) see", "It is" is "no" if it holds a negation
+  ("There is no green star.", "I can't see one"), else "yes". Anything else
+  (e.g. "Maybe") is wrong.
 * ``color``, ``shape``, ``number``: the prediction must name exactly one
   colour (shape, number) and it must be the answer: "Red." and "It is red."
   score, "red or orange" does not.
@@ -53,6 +56,7 @@ _NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve
             "sixteen seventeen eighteen nineteen twenty").split()
 _YES = {"yes", "yeah", "yep", "true", "correct", "certainly", "affirmative", "sure"}
 _NO = {"no", "nope", "false", "not", "none", "negative", "incorrect"}
+_NEGATIONS = {"no", "not", "none", "t", "cannot", "nothing", "never"}  # "t": the tail of isn't / can't / ...
 _ARTICLES = {"a", "an", "the"}
 _FILLER = {"word", "text", "is", "says", "say", "it", "written", "reads", "read", "there", "image", "in", "picture",
            "shows", "answer", "to", "of", "on", "side", "which", "appears", "located", "positioned", "this",
@@ -76,6 +80,22 @@ def normalize(text: str) -> list[str]:
             tok = str(_NUMBERS.index(tok))
         out.append(tok)
     return out
+
+
+def _yes_or_no(tokens: list[str]) -> str | None:
+    """yes / no / None (undecided) for a normalised answer."""
+    if not tokens:
+        return None
+    if tokens[0] in _YES:
+        return "yes"
+    if tokens[0] in _NO:
+        return "no"
+    if tokens[0] in ("there", "i", "it", "yes"):  # a sentence: "There is no green star." / "I can see one."
+        if any(t in _NEGATIONS for t in tokens):
+            return "no"
+        if tokens[:2] in (["there", "is"], ["there", "are"], ["i", "see"], ["i", "can"], ["it", "is"]):
+            return "yes"
+    return None
 
 
 def infer_kind(answer: str, family: str | None = None) -> str:
@@ -119,8 +139,7 @@ def score(prediction: str, answer: str, kind: str | None = None, scene: dict | N
     pred = normalize(prediction)
     ref = normalize(answer)
     if kind == "yesno":
-        return bool(pred) and bool(ref) and (("yes" if pred[0] in _YES else "no" if pred[0] in _NO else None)
-                                             == ref[0])
+        return bool(ref) and _yes_or_no(pred) == ref[0]
     if kind == "number" and ref == ["0"] and pred and pred[0] in ("no", "none") and not any(t.isdigit() for t in pred):
         return True  # "None." / "No red shapes." for a count of zero
     if kind == "word" and len(ref) == 1 and ref[0] in SIDES:

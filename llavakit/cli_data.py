@@ -22,13 +22,18 @@ def shapes(
     test: Annotated[int, typer.Option(help="Test samples (single questions, held-out combinations).")] = 500,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same data set.")] = 0,
     image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 160,
+    families: Annotated[str, typer.Option(help="Comma-separated question families (e.g. caption for align).")] = (
+        "color,shape,count,spatial,exists,read,caption"),
+    multi_turn: Annotated[float, typer.Option(help="Share of train samples with 2-4 questions.")] = 0.5,
+    heldout_share: Annotated[float, typer.Option(help="Share of test scenes with a held-out pair.")] = 0.6,
     workers: Annotated[int, typer.Option(help="Worker processes (output does not depend on it).")] = 1,
     force: Annotated[bool, typer.Option(help="Write into a non-empty output directory.")] = False,
 ) -> None:
     """Generate the shapes-world visual-QA set (LLaVA JSON and HF messages JSONL)."""
     from llavakit.data.shapes import ShapesConfig, generate_shapes
 
-    cfg = ShapesConfig(train=train, val=val, test=test, seed=seed, image_size=image_size)
+    cfg = ShapesConfig(train=train, val=val, test=test, seed=seed, image_size=image_size, multi_turn=multi_turn,
+                       heldout_share=heldout_share, families=tuple(f.strip() for f in families.split(",") if f.strip()))
     summary = generate_shapes(out_dir, cfg, workers=workers, force=force, progress=True)
     for split, info in summary["splits"].items():
         fams = ", ".join(f"{k} {v}" for k, v in sorted(info["families"].items()))

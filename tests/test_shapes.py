@@ -150,3 +150,9 @@ def test_cli_writes_a_set_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--force" in again.output
     bad = runner.invoke(app, args[:-1] + ["8", "--force"])
     assert bad.exit_code == 2 and "image-size" in bad.output
+    bad = runner.invoke(app, args + ["--force", "--families", "caption,colour"])
+    assert bad.exit_code == 2 and "colour" in bad.output and "color" in bad.output
+    align = runner.invoke(app, args + ["--force", "--families", "caption", "--multi-turn", "0"])
+    assert align.exit_code == 0, align.output
+    records = json.loads((tmp_path / "s" / "train.json").read_text())
+    assert {f for r in records for f in r["families"]} == {"caption"}

@@ -63,6 +63,7 @@ class ShapesConfig:
     image_size: int = 160
     multi_turn: float = 0.5  # share of train samples with several questions
     heldout_share: float = 0.6  # share of test scenes containing a held-out pair
+    families: tuple[str, ...] = FAMILIES  # e.g. ("caption",) for an align-stage set
 
 
 def allowed_pairs(split: str) -> list[tuple[str, str]]:
@@ -74,7 +75,7 @@ def make_sample(split: str, index: int, cfg: ShapesConfig) -> tuple[Scene, dict]
     """Sample ``index`` of ``split``: its scene and its record (questions, answers, metadata)."""
     rng = random.Random(f"shapes/{cfg.seed}/{split}/{index}")
     pairs = allowed_pairs(split)
-    families = list(FAMILIES)
+    families = list(cfg.families)
     weights = [_TRAIN_WEIGHTS[f] for f in families] if split != "test" else [1.0] * len(families)
     for _attempt in range(20):
         family = rng.choices(families, weights=weights)[0]
@@ -157,11 +158,17 @@ def generate_shapes(out: Path | str, cfg: ShapesConfig, *, workers: int = 1, for
     for name, n in (("train", cfg.train), ("val", cfg.val), ("test", cfg.test)):
         if n < 0:
             raise LlavakitError(f"--{name} must be >= 0, got {n}")
+    unknown = [f for f in cfg.families if f not in FAMILIES]
+    if unknown or not cfg.families:
+        raise LlavakitError(f"unknown question families {unknown or '(none given)'}; choose from {', '.join(FAMILIES)}")
+    if not (0.0 <= cfg.multi_turn <= 1.0 and 0.0 <= cfg.heldout_share <= 1.0):
+        raise LlavakitError("--multi-turn and --heldout-share are shares between 0 and 1")
     if not 32 <= cfg.image_size <= 1024:
         raise LlavakitError(f"--image-size must be between 32 and 1024 pixels, got {cfg.image_size}")
     (out / "images").mkdir(parents=True, exist_ok=True)
-    summary: dict = {"generator": "llavakit shapes", "version": 1, "config": cfg.__dict__,
-                     "held_out": [list(p) for p in HELD_OUT], "families": list(FAMILIES), "splits": {}}
+    summary: dict = {"generator": "llavakit shapes", "version": 1, "config": {**cfg.__dict__,
+                                                                          "families": list(cfg.families)},
+                     "held_out": [list(p) for p in HELD_OUT], "families": list(cfg.families), "splits": {}}
     seen: dict[str, str] = {}
     for split in SPLITS:
         n = getattr(cfg, split)

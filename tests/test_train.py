@@ -224,3 +224,33 @@ def test_bad_inputs_are_clear_errors(tiny_llava: Path, two_samples: Path, tmp_pa
     with pytest.raises(RecipeError, match="packing=true needs"):
         train(TrainJob(model=tiny_llava, data=two_samples, out=tmp_path / "o4", progress=False,
                        recipe=_fast("align", packing=True)))
+
+
+def test_moe_stage_trains_experts_routers_projector_only(tiny_llava: Path, two_samples: Path, tmp_path: Path):
+    from transformers import AutoModelForImageTextToText
+
+    from llavakit.checkpoints.upcycle import upcycle
+
+    moe = upcycle(tiny_llava, tmp_path / "moe", num_experts=2, top_k=1)
+    out = tmp_path / "moe-out"
+    result = train(TrainJob(model=moe, data=two_samples, out=out, progress=False,
+                            recipe=_fast("moe", max_steps=3, learning_rate=1e-2, router_aux_loss_coef=0.05)))
+    assert result.trainable.trainable["vision"] == 0 and 0 < result.trainable.trainable["lm"]
+    before, after = _weights(moe), _weights(out)
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(".experts." in k for k in changed) and any(".router." in k for k in changed)
+    assert any("multi_modal_projector" in k for k in changed)
+    assert all(".experts." in k or ".router." in k or "multi_modal_projector" in k for k in changed), changed
+    trained = AutoModelForImageTextToText.from_pretrained(out)
+    assert trained.config.model_type == "moe_llava" and trained.config.moe["router_aux_loss_coef"] == 0.05
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipe_files_are_valid(path: Path):
+    import yaml
+
+    stage = yaml.safe_load(path.read_text())["stage"]
+    recipe = resolve_recipe(stage, recipe_file=path)
+    assert recipe.stage == stage

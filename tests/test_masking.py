@@ -150,6 +150,17 @@ BAD_TEMPLATES = {
 }
 
 
+def test_a_generation_cue_unlike_past_answers_still_masks_exactly(parts, tmp_path: Path) -> None:
+    """Qwen3-style: the cue adds an empty think block that past answers do not have."""
+    out = build_llava(parts("vision", "clip"), parts("lm", "qwen2"), tmp_path / "m")
+    processor = AutoProcessor.from_pretrained(out)
+    processor.chat_template = make_multimodal(
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' }}{% endif %}")
+    enc = encode_conversation(processor, CONVERSATION, [Image.new("RGB", (8, 8))])
+    assert _labelled_runs(processor.tokenizer, enc) == [f"{a}<|im_end|>" for a in ANSWERS]
+
+
 @pytest.mark.parametrize("why", BAD_TEMPLATES)
 def test_templates_we_cannot_mask_exactly_raise(parts, tmp_path: Path, why: str) -> None:
     out = build_llava(parts("vision", "clip"), parts("lm", "llama"), tmp_path / "m", chat_template="llava")

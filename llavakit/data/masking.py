@@ -8,6 +8,9 @@ Instead the assistant spans are found by **rendering prefixes**:
 * ``full``  = render(all messages)
 * for assistant message *i*: ``start`` = len(render(messages[:i], add_generation_prompt=True))
   and ``end`` = len(render(messages[:i+1]))
+* templates whose generation cue is not how past answers are written (an
+  empty ``<think></think>`` only in the cue, as in Qwen3) start the span where
+  the answer text itself starts, after render(messages[:i]).
 
 Both prefixes must be prefixes of ``full`` (true for every template that
 renders turns left to right — all we ship and all common LM templates), so
@@ -71,13 +74,20 @@ def assistant_spans(processor: Any, messages: list[dict], sample_id: str = "?") 
             continue
         before = render(processor, messages[:i], add_generation_prompt=True)
         through = render(processor, messages[: i + 1], add_generation_prompt=False)
+        if not full.startswith(before) and full.startswith(through):
+            # The generation cue differs from how past answers are written (e.g. an empty <think></think>
+            # block only in the cue): train from where the answer itself starts instead.
+            head = render(processor, messages[:i], add_generation_prompt=False)
+            answer_text = _text(msg).strip()
+            at = full.find(answer_text, len(head), len(through)) if full.startswith(head) and answer_text else -1
+            if at >= 0:
+                before = full[:at]
         if not full.startswith(before) or not full.startswith(through) or len(through) <= len(before):
             raise MaskingError(
                 f"sample {sample_id}: the chat template does not render turn by turn (the text up to assistant "
                 f"turn {len(spans) + 1} is not a prefix of the whole conversation), so its answer cannot be located"
             )
-        answer = "".join(p.get("text") or "" for p in msg["content"] if p.get("type") == "text") \
-            if isinstance(msg["content"], list) else str(msg["content"])
+        answer = _text(msg)
         span_text = full[len(before): len(through)]
         at = span_text.find(answer.strip())
         if not answer.strip() or at < 0:
@@ -89,6 +99,13 @@ def assistant_spans(processor: Any, messages: list[dict], sample_id: str = "?") 
                                f"assistant turn, so the model could never learn to stop; use a template that does")
         spans.append((len(before), end))
     return full, spans
+
+
+def _text(message: dict) -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text") or "" for p in content if p.get("type") == "text")
 
 
 def encode_conversation(processor: Any, messages: list[dict], images: list | None = None, *,

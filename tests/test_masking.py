@@ -35,9 +35,10 @@ CONVERSATION = [
     {"role": "user", "content": [{"type": "text", "text": "How many shapes are there?"}]},
     {"role": "assistant", "content": [{"type": "text", "text": "3"}]},
     {"role": "user", "content": [{"type": "text", "text": "Describe the image in one sentence."}]},
-    {"role": "assistant", "content": [{"type": "text", "text": "A red circle, a blue square and a green star."}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "A red circle, a blue square and a green star.\n\n"
+                                                                  "  - three shapes"}]},
 ]
-ANSWERS = ["red", "3", "A red circle, a blue square and a green star."]
+ANSWERS = ["red", "3", "A red circle, a blue square and a green star.\n\n  - three shapes"]
 
 #: case name -> (what is written before each answer, what after): the template's own answer framing.
 STYLES = {"vicuna": (" ", "</s>"), "llama2": (" ", "</s>"), "chatml": ("", "<|im_end|>"),

@@ -120,17 +120,21 @@ def encode_conversation(processor: Any, messages: list[dict], images: list | Non
     full, spans = assistant_spans(processor, messages, sample_id)
     if not spans:
         raise MaskingError(f"sample {sample_id}: no assistant turn to train on")
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    try:
+        enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError) as exc:
+        raise MaskingError(f"label masking needs a fast tokenizer (character offsets); "
+                           f"{type(tokenizer).__name__} has none: {exc}") from exc
     ids0: list[int] = enc["input_ids"]
     labels0 = [IGNORE_INDEX] * len(ids0)
     for n, (start, end) in enumerate(spans, 1):
-        hit = 0
-        for t, (s, e) in enumerate(enc["offset_mapping"]):
-            if e > start and s < end and e > s:  # overlaps the span (a token straddling the start included)
-                labels0[t] = ids0[t]
-                hit += 1
-        if hit == 0:
+        # tokens overlapping the span (one straddling its start included), and every token between them:
+        # tokenizers that trim offsets give whitespace tokens inside an answer zero width
+        hits = [t for t, (s, e) in enumerate(enc["offset_mapping"]) if e > start and s < end and e > s]
+        if not hits:
             raise MaskingError(f"sample {sample_id}: assistant turn {n} maps to no tokens")
+        for t in range(hits[0], hits[-1] + 1):
+            labels0[t] = ids0[t]
 
     image_token_id = getattr(processor, "image_token_id", None)
     if image_token_id is None:

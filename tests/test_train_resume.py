@@ -103,3 +103,30 @@ def test_killed_run_resumes_on_the_same_loss_curve(tiny_llava: Path, data: Path,
     final_ref, final_resumed = load_file(str(ref / "model.safetensors")), load_file(str(out / "model.safetensors"))
     for key in final_ref:
         torch.testing.assert_close(final_resumed[key], final_ref[key], rtol=1e-4, atol=1e-5)
+
+
+def test_lora_run_resumes_on_the_same_loss_curve(tiny_llava: Path, data: Path, tmp_path: Path):
+    """A LoRA checkpoint is an adapter (+ projector); resuming from it continues the same curve."""
+
+    def recipe(steps: int):
+        return resolve_recipe("instruct", lora=True, overrides={
+            "max_steps": steps, "save_steps": 3, "logging_steps": 1, "batch_size": 2, "grad_accum": 1,
+            "learning_rate": 1e-2, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+            "lr_scheduler": "constant", "warmup_ratio": 0.0})  # a schedule that does not depend on max_steps
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref, split = tmp_path / "ref", tmp_path / "split"
+        train(TrainJob(model=tiny_llava, data=data, out=ref, recipe=recipe(6), progress=False))
+        train(TrainJob(model=tiny_llava, data=data, out=split, recipe=recipe(3), progress=False))
+        assert (split / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors").exists()
+        result = train(TrainJob(model=tiny_llava, data=data, out=split, recipe=recipe(6), resume=True,
+                                progress=False))
+    finally:
+        torch.set_num_threads(threads)
+    assert result.resumed_from is not None and result.resumed_from.name == "checkpoint-3"
+    want, got = _losses(ref), _losses(split)
+    assert sorted(got) == list(range(1, 7)) and want[6] < want[1]
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-5), (step, want, got)

@@ -102,6 +102,9 @@ def train(job: TrainJob) -> TrainResult:
 
     processor, model = load_model(job.model, recipe)
     dataset, collator, n_samples = build_data(job, processor, model, recipe)
+    from transformers import set_seed
+
+    set_seed(recipe.seed)  # LoRA adapters are initialised randomly before the Trainer seeds anything
     model, report = prepare_model(model, recipe)
 
     args = training_arguments(recipe, ckpt_root)

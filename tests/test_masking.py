@@ -232,3 +232,19 @@ def _text_only(tmp_path: Path) -> Path:
     path.write_text('{"id": "t", "messages": [{"role": "user", "content": "Hi"}, '
                     '{"role": "assistant", "content": "Hello there."}]}\n')
     return path
+
+
+def test_llava_next_batches_images_of_different_sizes(parts, tmp_path: Path) -> None:
+    """AnyRes gives each image its own patch count: the collator pads patches and the model still runs."""
+    out = build_llava(parts("vision", "clip"), parts("lm", "llama"), tmp_path / "next", arch="llava-next")
+    processor = AutoProcessor.from_pretrained(out)
+    convo = CONVERSATION[1:3]
+    wide = encode_conversation(processor, convo, [Image.new("RGB", (96, 20), (200, 0, 0))])
+    square = encode_conversation(processor, convo, [Image.new("RGB", (64, 64), (0, 0, 200))])
+    assert wide.pixel_values.shape[1] != square.pixel_values.shape[1]
+    batch = Collator.for_processor(processor)([wide, square])
+    assert batch["pixel_values"].shape[:2] == (2, max(wide.pixel_values.shape[1], square.pixel_values.shape[1]))
+    assert batch["image_sizes"].tolist() == [[20, 96], [64, 64]]
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch).loss)

@@ -92,7 +92,7 @@ class Collator:
         batch = self._pack(examples) if self.pack else self._pad(examples)
         pixels = [e.pixel_values for e in examples if e.pixel_values is not None]
         if pixels:
-            batch["pixel_values"] = torch.cat(pixels, dim=0)  # (sum of images, C, H, W)
+            batch["pixel_values"] = _concat_images(pixels)  # (sum of images, C, H, W) or (..., patches, C, H, W)
         extras = [e.extra for e in examples if e.extra]
         for key in extras[0] if extras else ():
             batch[key] = torch.cat([x[key] for x in extras], dim=0)  # e.g. image_sizes (sum of images, 2)
@@ -128,3 +128,16 @@ class Collator:
             positions = torch.cat([positions, torch.arange(pad)])
         # No attention_mask: packed kernels find sample boundaries where position_ids restart.
         return {"input_ids": ids[None], "labels": labels[None], "position_ids": positions[None]}  # (1, T)
+
+
+def _concat_images(pixels: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-sample pixel tensors along the image axis.
+
+    LLaVA-NeXT gives (images, patches, C, H, W) with a patch count that depends on each
+    image's size; shorter ones are zero-padded on the patch axis — the model keeps only
+    the real patches of each image (it recomputes their number from ``image_sizes``).
+    """
+    if pixels[0].dim() == 5 and len({p.shape[1] for p in pixels}) > 1:
+        most = max(p.shape[1] for p in pixels)
+        pixels = [torch.nn.functional.pad(p, (0, 0, 0, 0, 0, 0, 0, most - p.shape[1])) for p in pixels]
+    return torch.cat(pixels, dim=0)

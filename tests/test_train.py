@@ -134,6 +134,7 @@ def test_align_trains_only_the_projector(tiny_llava: Path, two_samples: Path, tm
     assert saved["stage"] == "align" and saved["learning_rate"] == 1e-2
     record = json.loads((out / "llavakit_train.json").read_text())
     assert record["steps"] == 12 and record["world_size"] == 1
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # tensorboard is in the dev extra
 
 
 def test_instruct_full_trains_lm_and_projector_not_vision(tiny_llava: Path, two_samples: Path, tmp_path: Path):

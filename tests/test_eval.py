@@ -92,7 +92,7 @@ def test_oracle_scores_100_and_wrong_answers_0(tmp_path: Path) -> None:
         assert len(items) == 150 and {i.family for i in items} == set(FAMILIES)
         exact = score_items(items, lambda item: item.answer, "oracle")
         rng = random.Random(0)
-        said = score_items(items, lambda item: _paraphrase(item, rng), "paraphrase")
+        said = score_items(items, lambda item, rng=rng: _paraphrase(item, rng), "paraphrase")
         wrong = score_items(items, _wrong, "wrong")
         for key in list(FAMILIES) + ["held-out pairs", "overall"]:
             assert exact.accuracy(key) == 100.0, (name, key)

@@ -110,7 +110,7 @@ def test_colour_names_match_the_pixels() -> None:
             if o.style == "hollow":
                 continue
             r, g, b = img.getpixel((int(o.cx), int(o.cy)))
-            h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+            h, s, _v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
             hue = h * 360 if h * 360 < 330 else h * 360 - 360
             lo, hi = bands[o.color]
             assert s > 0.45 and lo <= hue <= hi, (i, o, (r, g, b))

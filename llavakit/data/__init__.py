@@ -30,8 +30,19 @@ The API the trainer uses::
 
 from llavakit.data.formats import DataError, Sample, read_dataset, sample_problems, validate
 
-__all__ = ["Collator", "ConversationDataset", "DataError", "Encoded", "IGNORE_INDEX", "MaskingError", "Sample",
-           "encode_conversation", "read_dataset", "sample_problems", "validate"]
+__all__ = [
+    "IGNORE_INDEX",
+    "Collator",
+    "ConversationDataset",
+    "DataError",
+    "Encoded",
+    "MaskingError",
+    "Sample",
+    "encode_conversation",
+    "read_dataset",
+    "sample_problems",
+    "validate",
+]
 
 
 def __getattr__(name: str):

@@ -141,7 +141,7 @@ def _load_saved_dataset(path: Path) -> list[tuple[str, Any]]:
                         ) from exc
     try:
         ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types for "not a dataset dir"
+    except Exception as exc:  # datasets raises many types for "not a dataset dir"
         raise DataError(f"{path} is not a dataset saved with datasets.save_to_disk: {exc}") from exc
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
@@ -184,7 +184,7 @@ def _split_tags(text: str) -> list[dict]:
     for i, chunk in enumerate(text.split(IMAGE_TOKEN)):
         if i > 0:
             parts.append({"type": "image"})
-            chunk = chunk[1:] if chunk.startswith("\n") else chunk
+            chunk = chunk.removeprefix("\n")
         if chunk:
             parts.append({"type": "text", "text": chunk})
     return parts

@@ -362,5 +362,18 @@ def write_json(report: EvalReport, path: str | Path) -> None:
     Path(path).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-__all__ = ["Column", "EvalReport", "Item", "KINDS", "PRECISIONS", "caption_pairs", "evaluate",
-           "infer_kind", "load_items", "normalize", "score", "score_items", "write_json"]
+__all__ = [
+    "KINDS",
+    "PRECISIONS",
+    "Column",
+    "EvalReport",
+    "Item",
+    "caption_pairs",
+    "evaluate",
+    "infer_kind",
+    "load_items",
+    "normalize",
+    "score",
+    "score_items",
+    "write_json",
+]

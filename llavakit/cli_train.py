@@ -40,6 +40,10 @@ def train(
     gradient_checkpointing: Annotated[Optional[bool], typer.Option(help="Recompute activations (less memory).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Dataloader worker processes.")] = None,
     skip_bad: Annotated[Optional[bool], typer.Option(help="Drop (and report) unusable samples instead of stopping.")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option(help="Validation data: eval loss every --eval-steps.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (default: --save-steps).")] = None,
+    train_vision: Annotated[Optional[bool], typer.Option("--train-vision/--freeze-vision",
+                                                         help="Also train the vision tower (from-scratch towers).")] = None,
     image_root: Annotated[Optional[Path], typer.Option(help="Folder relative image paths start from.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint in --out.")] = False,
     force: Annotated[bool, typer.Option(help="Start over in a non-empty --out.")] = False,
@@ -55,12 +59,13 @@ def train(
         "logging_steps": logging_steps, "seed": seed, "bf16": bf16, "group_by_length": group_by_length,
         "packing": packing, "attn_implementation": attn, "torch_compile": compile,
         "gradient_checkpointing": gradient_checkpointing, "dataloader_workers": workers, "skip_invalid": skip_bad,
+        "eval_steps": eval_steps, "train_vision": train_vision,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     chosen = resolve_recipe(stage, lora=bool(lora), recipe_file=recipe, overrides=overrides)
     main = is_main_process()
     result = run_training(TrainJob(model=model, data=data, out=out_dir, recipe=chosen, resume=resume, force=force,
-                                   image_root=image_root, progress=main))
+                                   image_root=image_root, progress=main, eval_data=eval_data))
     if not main:
         return
     if result.resumed_from:

@@ -197,7 +197,7 @@ def test_cli_train_with_recipe_file(tiny_llava: Path, two_samples: Path, tmp_pat
     recipe.write_text("max_steps: 3\nbatch_size: 2\nlogging_steps: 1\nlearning_rate: 2.0e-3\n")
     out = tmp_path / "cli"
     args = ["train", "--stage", "align", "--model", str(tiny_llava), "--data", str(two_samples), "--out", str(out),
-            "--recipe", str(recipe), "--lr", "3e-3", "--save-steps", "2"]
+            "--recipe", str(recipe), "--lr", "3e-3", "--save-steps", "2", "--eval-data", str(two_samples)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "align: 3 steps on 2 samples" in result.output
@@ -205,6 +205,9 @@ def test_cli_train_with_recipe_file(tiny_llava: Path, two_samples: Path, tmp_pat
     assert (saved["max_steps"], saved["batch_size"], saved["learning_rate"], saved["save_steps"]) == (3, 2, 3e-3, 2)
     assert (out / "checkpoints" / "checkpoint-2" / "llavakit_commit.json").exists()
     assert len(_losses(out)) == 3
+    with (out / "eval_log.csv").open() as fh:
+        evals = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in evals] == [2] and float(evals[0]["eval_loss"]) > 0
 
     again = CliRunner().invoke(app, args)  # same --out again: refused, nothing lost
     assert again.exit_code == 2 and "--resume" in again.output and "--force" in again.output

@@ -123,6 +123,36 @@ class CsvLogCallback(TrainerCallback):
             csv.DictWriter(fh, fieldnames=CSV_COLUMNS).writerow(row)
 
 
+class EvalLogCallback(TrainerCallback):
+    """Append ``step,eval_loss`` rows to ``path`` when the Trainer evaluates (``--eval-data``)."""
+
+    def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.resume_step = resume_step
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any):
+        if not state.is_world_process_zero or not self.path.is_file():
+            return
+        with self.path.open(newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if self.resume_step is not None and int(r["step"]) <= self.resume_step]
+        with self.path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=("step", "epoch", "eval_loss"))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict | None = None, **kw: Any):
+        if not state.is_world_process_zero or not logs or "eval_loss" not in logs:
+            return
+        new = not self.path.is_file()
+        with self.path.open("a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=("step", "epoch", "eval_loss"))
+            if new:
+                writer.writeheader()
+            writer.writerow({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+                             "eval_loss": logs["eval_loss"]})
+
+
 class CommitCheckpointCallback(TrainerCallback):
     """After the Trainer saved ``checkpoint-N``, mark it complete, then rotate old ones."""
 

@@ -70,6 +70,7 @@ class Recipe:
     moe_train_dense_ffn: bool = False  # moe: also train the non-MoE layers' FFNs (the reference's wider set)
     # checkpoints and logs
     save_steps: int = 500
+    eval_steps: int = 0  # with eval data: evaluate every N steps (0: every save_steps)
     save_total_limit: int = 2
     logging_steps: int = 10
     # speed (must not change the loss curve materially)

@@ -48,12 +48,13 @@ from transformers import Trainer, TrainingArguments
 
 from llavakit.errors import LlavakitError
 from llavakit.train import checkpoints
-from llavakit.train.callbacks import CommitCheckpointCallback, CsvLogCallback, RichProgressCallback, tensorboard_callback
+from llavakit.train.callbacks import (CommitCheckpointCallback, CsvLogCallback, EvalLogCallback, RichProgressCallback,
+                                      tensorboard_callback)
 from llavakit.train.freeze import FreezeReport, apply_freezing, count_trainable
 from llavakit.train.recipes import Recipe, RecipeError, save_recipe
 
 PACKING_KERNELS = ("flash_attention_2", "flash_attention_3")
-RUN_FILES = ("recipe.json", "train_log.csv", "llavakit_train.json")
+RUN_FILES = ("recipe.json", "train_log.csv", "eval_log.csv", "llavakit_train.json")
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainJob:
     force: bool = False  # start over in an existing output directory
     image_root: str | Path | None = None
     progress: bool = True
+    eval_data: str | Path | None = None  # validation loss every eval_steps (eval_log.csv)
 
 
 @dataclass
@@ -101,20 +103,23 @@ def train(job: TrainJob) -> TrainResult:
         save_recipe(recipe, out)
 
     processor, model = load_model(job.model, recipe)
-    dataset, collator, n_samples = build_data(job, processor, model, recipe)
+    dataset, collator, n_samples = build_data(job.data, job, processor, model, recipe)
+    eval_dataset = build_data(job.eval_data, job, processor, model, recipe)[0] if job.eval_data else None
     from transformers import set_seed
 
     set_seed(recipe.seed)  # LoRA adapters are initialised randomly before the Trainer seeds anything
     model, report = prepare_model(model, recipe)
 
-    args = training_arguments(recipe, ckpt_root)
+    args = training_arguments(recipe, ckpt_root, evaluate=eval_dataset is not None)
     callbacks: list = [CsvLogCallback(out / "train_log.csv", resume_step=_step_of(resume_from)),
+                       EvalLogCallback(out / "eval_log.csv", resume_step=_step_of(resume_from)),
                        CommitCheckpointCallback(keep=recipe.save_total_limit)]
     if job.progress:
         callbacks.append(RichProgressCallback())
     if args.process_index == 0 and (tb := tensorboard_callback(out / "tensorboard")) is not None:
         callbacks.append(tb)
-    trainer = LlavakitTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+    trainer = LlavakitTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset,
+                              data_collator=collator,
                               processing_class=processor, callbacks=callbacks,
                               lengths=_length_proxy(dataset, model) if recipe.group_by_length else None)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -149,6 +154,9 @@ def load_model(model_dir: str | Path, recipe: Recipe) -> tuple[Any, torch.nn.Mod
     import llavakit.models.moe_llava  # noqa: F401  (registers "moe_llava" with the Auto classes)
 
     path = Path(model_dir)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        raise LlavakitError(f"--model {model_dir} is a LoRA adapter, not a model; train the previous stage with "
+                            f"--merge-lora (its adapter stays in OUT/adapter) and pass that output")
     if not (path / "config.json").is_file():
         raise LlavakitError(f"--model {model_dir} is not a model directory (no config.json); build one with "
                             f"`llavakit build` or pass an earlier stage's --out")
@@ -169,11 +177,12 @@ def load_model(model_dir: str | Path, recipe: Recipe) -> tuple[Any, torch.nn.Mod
     return processor, model
 
 
-def build_data(job: TrainJob, processor: Any, model: torch.nn.Module, recipe: Recipe) -> tuple[Any, Any, int]:
+def build_data(path: str | Path, job: TrainJob, processor: Any, model: torch.nn.Module, recipe: Recipe
+               ) -> tuple[Any, Any, int]:
     """Read and validate the whole data file up front, then the lazy dataset and the collator."""
     from llavakit.data import Collator, ConversationDataset, read_dataset, validate
 
-    samples = validate(read_dataset(job.data, image_root=job.image_root), skip_bad=recipe.skip_invalid)
+    samples = validate(read_dataset(path, image_root=job.image_root), skip_bad=recipe.skip_invalid)
     if recipe.packing:
         kernel = getattr(model.config.get_text_config(), "_attn_implementation", None)
         if kernel not in PACKING_KERNELS:
@@ -208,7 +217,7 @@ def prepare_model(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.nn.Modu
     return model, report
 
 
-def training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
+def training_arguments(recipe: Recipe, output_dir: Path, evaluate: bool = False) -> TrainingArguments:
     """The recipe as ``TrainingArguments`` (works on transformers 5.17 through 5.23)."""
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
@@ -239,6 +248,9 @@ def training_arguments(recipe: Recipe, output_dir: Path) -> TrainingArguments:
         # several processes and no GPU: DDP over gloo (transformers only goes multi-CPU when told to use the CPU)
         use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
     )
+    if evaluate:
+        kwargs.update(eval_strategy="steps", eval_steps=recipe.eval_steps or recipe.save_steps,
+                      per_device_eval_batch_size=recipe.batch_size)
     if recipe.gradient_checkpointing:  # (named activation_checkpointing from transformers 5.2x on; both accept this)
         kwargs.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     kwargs.update(recipe.extra)

@@ -101,7 +101,7 @@ def test_oracle_scores_100_and_wrong_answers_0(tmp_path: Path) -> None:
 
 
 def test_multi_turn_samples_give_one_item_per_answer(tmp_path: Path) -> None:
-    generate_shapes(tmp_path / "s", ShapesConfig(train=20, val=0, test=0, seed=1, image_size=64))
+    generate_shapes(tmp_path / "s", ShapesConfig(train=20, val=0, test=3, seed=1, image_size=64))
     records = json.loads((tmp_path / "s" / "train.json").read_text())
     items = load_items(tmp_path / "s" / "train.json")
     assert len(items) == sum(len(r["conversations"]) // 2 for r in records)
@@ -110,6 +110,8 @@ def test_multi_turn_samples_give_one_item_per_answer(tmp_path: Path) -> None:
     assert second.family == multi["families"][1] and second.answer == multi["conversations"][3]["value"]
     assert second.messages[-1]["role"] == "user" and len(second.messages) == 3  # history keeps turn 1's answer
     assert load_items(tmp_path / "s" / "train.json", limit=5)[4].id == items[4].id
+    assert [i.id for i in load_items(tmp_path / "s")] == [r["id"] for r in json.loads(
+        (tmp_path / "s" / "test.json").read_text())]  # a shapes folder means its test split
 
 
 def test_llavakit_eval_end_to_end(tiny_llava: Path, tiny_export: Path, tmp_path: Path) -> None:

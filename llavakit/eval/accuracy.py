@@ -237,6 +237,8 @@ def load_items(data: str | Path, limit: int | None = None) -> list[Item]:
     """Every assistant turn of a test file becomes an item (earlier turns keep the reference answers)."""
     from llavakit.data import read_dataset, validate
 
+    if Path(data).is_dir() and (Path(data) / "test.json").is_file():  # a shapes-world folder: its test split
+        data = Path(data) / "test.json"
     samples = validate(read_dataset(data), skip_bad=True)
     items: list[Item] = []
     for sample in samples:

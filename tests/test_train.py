@@ -207,7 +207,7 @@ def test_cli_train_with_recipe_file(tiny_llava: Path, two_samples: Path, tmp_pat
     assert len(_losses(out)) == 3
     with (out / "eval_log.csv").open() as fh:
         evals = list(csv.DictReader(fh))
-    assert [int(r["step"]) for r in evals] == [2] and float(evals[0]["eval_loss"]) > 0
+    assert 2 in [int(r["step"]) for r in evals] and all(float(r["eval_loss"]) > 0 for r in evals)
 
     again = CliRunner().invoke(app, args)  # same --out again: refused, nothing lost
     assert again.exit_code == 2 and "--resume" in again.output and "--force" in again.output

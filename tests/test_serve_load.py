@@ -22,9 +22,9 @@ def test_many_clients_no_5xx_bounded_queue_and_memory(tiny_export: Path) -> None
     server = Server(tiny_export, "--served-model-name", "tiny", "--slots", str(SLOTS), "--max-queue", str(QUEUE))
     try:
         body = default_body("tiny", max_tokens=48)
-        warm = run_load(server.url, body, clients=CLIENTS, seconds=2.0)  # allocations reach steady state
+        warm = run_load(server.url, body, clients=CLIENTS, seconds=1.5)  # allocations reach steady state
         rss_warm = psutil.Process(server.proc.pid).memory_info().rss
-        result = run_load(server.url, body, clients=CLIENTS, seconds=6.0)
+        result = run_load(server.url, body, clients=CLIENTS, seconds=4.0)
         rss_after = psutil.Process(server.proc.pid).memory_info().rss
 
         statuses = warm.statuses + result.statuses
@@ -42,3 +42,25 @@ def test_many_clients_no_5xx_bounded_queue_and_memory(tiny_export: Path) -> None
         assert growth_mb < 64, f"server memory grew {growth_mb:.0f} MiB under steady load"
     finally:
         server.stop()
+
+
+def test_forked_slots_decode_concurrently_like_one(ov_pipeline) -> None:  # noqa: ANN001
+    """Slots are Pipeline.fork()s: run at once from threads, each gives exactly the single-slot answer."""
+    import threading
+
+    from PIL import Image
+
+    prompts = [("Describe it.", (200, 30, 30)), ("What shape?", (30, 200, 30)), ("Colour?", (30, 30, 200))]
+    run = lambda pipe, text, color: pipe.generate(text, images=[Image.new("RGB", (40, 30), color)],  # noqa: E731
+                                                  max_new_tokens=24, ignore_eos=True).token_ids
+    expected = [run(ov_pipeline, text, color) for text, color in prompts]
+    forks = [ov_pipeline.fork() for _ in prompts]
+    got: dict[int, list[int]] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, run(forks[i], *prompts[i])))
+               for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [got[i] for i in range(len(prompts))] == expected
+    assert forks[0].backend._lm is not ov_pipeline.backend._lm  # its own KV state

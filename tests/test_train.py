@@ -258,3 +258,16 @@ def test_shipped_recipe_files_are_valid(path: Path):
     stage = yaml.safe_load(path.read_text())["stage"]
     recipe = resolve_recipe(stage, recipe_file=path)
     assert recipe.stage == stage
+
+
+def test_speed_options_keep_the_loss_curve(tiny_llava: Path, two_samples: Path, tmp_path: Path):
+    """bf16 autocast (+ padding to multiples of 8) and length grouping: same curve within bf16 precision."""
+    runs = {}
+    for name, changes in {"fp32": {}, "fast": {"bf16": True, "group_by_length": True}}.items():
+        out = tmp_path / name
+        train(TrainJob(model=tiny_llava, data=two_samples, out=out, progress=False,
+                       recipe=_fast("instruct", max_steps=5, learning_rate=1e-3, **changes)))
+        runs[name] = _losses(out)
+    assert json.loads((tmp_path / "fast" / "recipe.json").read_text())["bf16"] is True
+    for a, b in zip(runs["fp32"], runs["fast"], strict=True):
+        assert b == pytest.approx(a, rel=0.01), runs

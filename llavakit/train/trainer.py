@@ -245,8 +245,9 @@ def training_arguments(recipe: Recipe, output_dir: Path, evaluate: bool = False)
         ddp_find_unused_parameters=recipe.stage == "moe",  # an expert may get no token in a step
         report_to="none",
         disable_tqdm=True,
-        # several processes and no GPU: DDP over gloo (transformers only goes multi-CPU when told to use the CPU)
-        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        # no GPU and several processes (DDP over gloo) or bf16 (CPU autocast): transformers does either only
+        # when told to use the CPU
+        use_cpu=not torch.cuda.is_available() and (int(os.environ.get("WORLD_SIZE", "1")) > 1 or recipe.bf16),
     )
     if evaluate:
         kwargs.update(eval_strategy="steps", eval_steps=recipe.eval_steps or recipe.save_steps,

@@ -93,7 +93,7 @@ def test_answers_follow_from_the_scene(shapes_dir: Path) -> None:
 
 
 def _turns(rec: dict) -> list[tuple[str, str]]:
-    conv = rec["conversations"]
+    conv = [t for t in rec["conversations"] if t["from"] != "system"]
     return [(conv[i]["value"], conv[i + 1]["value"]) for i in range(0, len(conv), 2)]
 
 
@@ -156,3 +156,12 @@ def test_cli_writes_a_set_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert align.exit_code == 0, align.output
     records = json.loads((tmp_path / "s" / "train.json").read_text())
     assert {f for r in records for f in r["families"]} == {"caption"}
+
+
+def test_some_train_samples_have_a_system_prompt(shapes_dir: Path) -> None:
+    records = json.loads((shapes_dir / "train.json").read_text())
+    with_system = [r for r in records if r["conversations"][0]["from"] == "system"]
+    assert 0 < len(with_system) < len(records) // 3
+    (sample,) = [s for s in read_dataset(shapes_dir / "train.jsonl") if s.id == with_system[0]["id"]]
+    assert sample.messages[0] == {"role": "system", "content": [{"type": "text",
+                                                                  "text": with_system[0]["conversations"][0]["value"]}]}

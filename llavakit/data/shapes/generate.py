@@ -23,7 +23,8 @@ Design decisions:
   in train or val — not in images, not in question text. In test, 60% of
   scenes contain one, and the question is about that object when the family
   allows it (``heldout: true`` on the sample).
-* **Train** samples are multi-turn half of the time (2-4 questions of
+* **Train** samples carry a system message 10% of the time (a few generic
+  prompts), and are multi-turn half of the time (2-4 questions of
   different families about one scene: more supervision per image encoded);
   **val** and **test** are single-question, for clean per-family scoring.
 """
@@ -48,6 +49,11 @@ HELD_OUT: tuple[tuple[str, str], ...] = (
     ("green", "circle"), ("blue", "hexagon"), ("purple", "square"),
 )
 SPLITS = ("train", "val", "test")
+SYSTEM_PROMPTS = (
+    "You are a helpful assistant.", "You are a helpful assistant that answers questions about images.",
+    "Answer the question about the picture.", "Be concise.", "You are a vision assistant. Answer briefly.",
+    "Look at the image carefully and answer the user's question.", "You are a helpful AI assistant.",
+)
 _TRAIN_WEIGHTS = {"color": 1.0, "shape": 1.0, "count": 1.2, "spatial": 1.4, "exists": 1.2, "read": 1.0,
                   "caption": 0.8}
 
@@ -64,6 +70,7 @@ class ShapesConfig:
     multi_turn: float = 0.5  # share of train samples with several questions
     heldout_share: float = 0.6  # share of test scenes containing a held-out pair
     families: tuple[str, ...] = FAMILIES  # e.g. ("caption",) for an align-stage set
+    system_prompts: float = 0.1  # share of train samples with a system message
 
 
 def allowed_pairs(split: str) -> list[tuple[str, str]]:
@@ -101,7 +108,13 @@ def make_sample(split: str, index: int, cfg: ShapesConfig) -> tuple[Scene, dict]
             if qa is not None:
                 turns.append(qa)
     heldout = any(p in HELD_OUT for p in scene.pairs())
-    return scene, _record(split, index, scene, turns, heldout)
+    record = _record(split, index, scene, turns, heldout)
+    # A system prompt on some train samples, from its own stream (the rest of the sample is unchanged by it),
+    # so a model meets one at inference without surprise; val/test have none (clean scoring).
+    side = random.Random(f"shapes/{cfg.seed}/{split}/{index}/system")
+    if split == "train" and side.random() < cfg.system_prompts:
+        record["system"] = side.choice(SYSTEM_PROMPTS)
+    return scene, record
 
 
 def _record(split: str, index: int, scene: Scene, turns: list[QA], heldout: bool) -> dict:
@@ -122,23 +135,24 @@ def _record(split: str, index: int, scene: Scene, turns: list[QA], heldout: bool
 
 def to_llava(record: dict) -> dict:
     """LLaVA JSON sample: ``<image>`` once, at the start of the first human turn."""
-    conversations = []
+    conversations = [{"from": "system", "value": record["system"]}] if record.get("system") else []
     for i, (q, a) in enumerate(record["turns"]):
         conversations.append({"from": "human", "value": ("<image>\n" if i == 0 else "") + q})
         conversations.append({"from": "gpt", "value": a})
-    meta = {k: v for k, v in record.items() if k not in ("turns", "id", "image")}
+    meta = {k: v for k, v in record.items() if k not in ("turns", "id", "image", "system")}
     return {"id": record["id"], "image": record["image"], "conversations": conversations, **meta}
 
 
 def to_messages(record: dict) -> dict:
     """HF ``messages`` + ``images`` sample, content parts as in llava-instruct-mix-vsft."""
-    messages = []
+    messages = ([{"role": "system", "content": [{"index": None, "text": record["system"], "type": "text"}]}]
+                if record.get("system") else [])
     for i, (q, a) in enumerate(record["turns"]):
         content = [{"index": 0, "text": None, "type": "image"}] if i == 0 else []
         content.append({"index": None, "text": q, "type": "text"})
         messages.append({"role": "user", "content": content})
         messages.append({"role": "assistant", "content": [{"index": None, "text": a, "type": "text"}]})
-    meta = {k: v for k, v in record.items() if k not in ("turns", "id", "image")}
+    meta = {k: v for k, v in record.items() if k not in ("turns", "id", "image", "system")}
     return {"id": record["id"], "messages": messages, "images": [record["image"]], **meta}
 
 

@@ -7,7 +7,6 @@ server freed the slot. Screenshots go to the test's tmp dir.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -95,13 +94,3 @@ def test_second_turn_and_stop_frees_the_slot(page, server: Server, tmp_path: Pat
                    json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
     assert r.status_code == 200
 
-
-def test_record_screenshot(page, tmp_path: Path) -> None:  # noqa: ANN001
-    """Keep one screenshot for the docs when asked (LLAVAKIT_UI_SCREENSHOT=path)."""
-    import os
-
-    target = os.environ.get("LLAVAKIT_UI_SCREENSHOT")
-    if not target:
-        pytest.skip("set LLAVAKIT_UI_SCREENSHOT=path to keep a screenshot")
-    page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
-    shutil.copy(tmp_path / "ui.png", target)

@@ -21,7 +21,7 @@ import gradio as gr
 from llavakit.errors import LlavakitError
 from llavakit.images import load_image
 from llavakit.runtime.prompt import user_content
-from llavakit.serve.engine import ChatJob, Done, Engine, Failed, Piece
+from llavakit.serve.engine import ChatJob, Done, Engine, Piece
 from llavakit.serve.errors import to_api_error
 from llavakit.serve.scheduler import Job
 

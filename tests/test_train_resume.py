@@ -17,13 +17,14 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from llavakit.train import TrainJob, resolve_recipe, train
+from llavakit.train import RecipeError, TrainJob, resolve_recipe, train
 from llavakit.train.checkpoints import COMMIT_FILE
 
 LLAVAKIT = str(Path(sys.executable).with_name("llavakit"))  # the console script of this venv
@@ -126,6 +127,9 @@ def test_lora_run_resumes_on_the_same_loss_curve(tiny_llava: Path, data: Path, t
     finally:
         torch.set_num_threads(threads)
     assert result.resumed_from is not None and result.resumed_from.name == "checkpoint-3"
+    with pytest.raises(RecipeError, match=r"batch_size: 2 -> 4"):  # a different step size cannot continue it
+        train(TrainJob(model=tiny_llava, data=data, out=split, progress=False, resume=True,
+                       recipe=replace(recipe(8), batch_size=4)))
     want, got = _losses(ref), _losses(split)
     assert sorted(got) == list(range(1, 7)) and want[6] < want[1]
     for step in want:

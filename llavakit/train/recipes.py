@@ -200,6 +200,25 @@ def resolve_recipe(stage: str, lora: bool = False, recipe_file: str | Path | Non
     return recipe.validate()
 
 
+#: Fields a resumed run must share with the run it continues: they shape the checkpoint (LoRA, what trains)
+#: or the data order and step size (batch, accumulation, seed). The rest (max_steps, logging, workers) may change.
+RESUME_FIXED = ("stage", "lora", "lora_r", "lora_alpha", "train_projector", "train_lm", "train_vision",
+                "batch_size", "grad_accum", "seed", "group_by_length", "packing")
+
+
+def check_resume_compatible(recipe: Recipe, saved_path: str | Path) -> None:
+    """Refuse to resume with a recipe that would not continue the saved run (naming each difference)."""
+    path = Path(saved_path)
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    diffs = [f"{k}: {saved[k]!r} -> {getattr(recipe, k)!r}" for k in RESUME_FIXED
+             if k in saved and saved[k] != getattr(recipe, k)]
+    if diffs:
+        raise RecipeError(f"--resume with a recipe that differs from the run's ({path}) in what cannot change "
+                          f"mid-run: {'; '.join(diffs)}. Use the same options, or start over with --force")
+
+
 def save_recipe(recipe: Recipe, out_dir: str | Path) -> Path:
     """Write ``recipe.json`` into ``out_dir`` (the exact recipe used; feed it back with --recipe)."""
     path = Path(out_dir) / "recipe.json"

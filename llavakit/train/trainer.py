@@ -51,7 +51,7 @@ from llavakit.train import checkpoints
 from llavakit.train.callbacks import (CommitCheckpointCallback, CsvLogCallback, EvalLogCallback, RichProgressCallback,
                                       tensorboard_callback)
 from llavakit.train.freeze import FreezeReport, apply_freezing, count_trainable
-from llavakit.train.recipes import Recipe, RecipeError, save_recipe
+from llavakit.train.recipes import Recipe, RecipeError, check_resume_compatible, save_recipe
 
 PACKING_KERNELS = ("flash_attention_2", "flash_attention_3")
 RUN_FILES = ("recipe.json", "train_log.csv", "eval_log.csv", "llavakit_train.json")
@@ -298,6 +298,7 @@ def _length_proxy(dataset: Any, model: torch.nn.Module) -> list[int]:
 def _prepare_output(out: Path, ckpt_root: Path, job: TrainJob) -> Path | None:
     """Check the output directory against --resume/--force; return the checkpoint to resume from."""
     if job.resume:
+        check_resume_compatible(job.recipe, out / "recipe.json")
         if is_main_process():
             checkpoints.remove_uncommitted(ckpt_root)
         return checkpoints.last_committed(ckpt_root)

@@ -344,7 +344,8 @@ def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, *, back
     names = _column_names(models)
     columns = []
     for source, label in zip(models, names):
-        for precision in precisions:
+        fixed = _exported_precision(source)  # an export runs as it was compressed: one column
+        for precision in [fixed] if fixed else precisions:
             pipe = open_variant(source, backend, precision, calibration, device)
             name = precision if backend == "openvino" else f"{backend}-{precision}"
             name = f"{label} {name}" if len(models) > 1 else name
@@ -352,6 +353,19 @@ def evaluate(model: str | Path | Sequence[str | Path], data: str | Path, *, back
             columns.append(score_items(items, pipeline_predictor(pipe, max_new_tokens), name, tick))
             del pipe
     return EvalReport(data=str(data), model=", ".join(str(m) for m in models), columns=columns)
+
+
+def _exported_precision(model: str | Path) -> str | None:
+    """The LM precision an OpenVINO export was written at (None for a HF checkpoint)."""
+    from llavakit.export import layout
+
+    path = Path(model)
+    if not layout.is_exported(path):
+        return None
+    try:
+        return json.loads((path / layout.EXPORT_REPORT).read_text())["options"]["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "export"
 
 
 def _column_names(models: list) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -17,39 +17,40 @@ def train(
     model: Annotated[Path, typer.Option(help="LLaVA model directory (`llavakit build`, or the previous stage's --out).")],
     data: Annotated[Path, typer.Option(help="Training data: LLaVA JSON or HF messages JSON/JSONL.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output: trained model, recipe.json, train_log.csv, checkpoints/.")],
-    recipe: Annotated[Optional[Path], typer.Option(help="Recipe file (.yaml/.json); options below override it.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Passes over the data.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (align 1e-3, instruct 2e-5, LoRA 2e-4).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Samples per device per step.")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Longest sample in tokens (image tokens included).")] = None,
-    lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA on the LM (instruct, moe) or full tuning.")] = None,
-    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
-    lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha.")] = None,
-    merge_lora: Annotated[Optional[bool], typer.Option("--merge-lora/--keep-adapter",
+    recipe: Annotated[Path | None, typer.Option(help="Recipe file (.yaml/.json); options below override it.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (align 1e-3, instruct 2e-5, LoRA 2e-4).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per device per step.")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="Gradient accumulation steps.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Longest sample in tokens (image tokens included).")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA on the LM (instruct, moe) or full tuning.")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank.")] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha.")] = None,
+    merge_lora: Annotated[bool | None, typer.Option("--merge-lora/--keep-adapter",
                                                        help="Merge LoRA into the output model, or keep the adapter.")] = None,
-    save_steps: Annotated[Optional[int], typer.Option(help="Write a checkpoint every N steps.")] = None,
-    logging_steps: Annotated[Optional[int], typer.Option(help="Log loss every N steps.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16/--fp32", help="bf16 autocast (GPU).")] = None,
-    group_by_length: Annotated[Optional[bool], typer.Option(help="Batch samples of similar length (less padding).")] = None,
-    packing: Annotated[Optional[bool], typer.Option(help="Pack samples into one row (needs flash attention).")] = None,
-    attn: Annotated[Optional[str], typer.Option(help="Attention kernel: sdpa, eager, flash_attention_2, ...")] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
-    gradient_checkpointing: Annotated[Optional[bool], typer.Option(help="Recompute activations (less memory).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Dataloader worker processes.")] = None,
-    skip_bad: Annotated[Optional[bool], typer.Option(help="Drop (and report) unusable samples instead of stopping.")] = None,
-    eval_data: Annotated[Optional[Path], typer.Option(help="Validation data: eval loss every --eval-steps.")] = None,
-    eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate every N steps (default: --save-steps).")] = None,
-    train_vision: Annotated[Optional[bool], typer.Option("--train-vision/--freeze-vision",
+    save_steps: Annotated[int | None, typer.Option(help="Write a checkpoint every N steps.")] = None,
+    logging_steps: Annotated[int | None, typer.Option(help="Log loss every N steps.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    bf16: Annotated[bool | None, typer.Option("--bf16/--fp32", help="bf16 autocast (GPU).")] = None,
+    group_by_length: Annotated[bool | None, typer.Option(help="Batch samples of similar length (less padding).")] = None,
+    packing: Annotated[bool | None, typer.Option(help="Pack samples into one row (needs flash attention).")] = None,
+    attn: Annotated[str | None, typer.Option(help="Attention kernel: sdpa, eager, flash_attention_2, ...")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    gradient_checkpointing: Annotated[bool | None, typer.Option(help="Recompute activations (less memory).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Dataloader worker processes.")] = None,
+    skip_bad: Annotated[bool | None, typer.Option(help="Drop (and report) unusable samples instead of stopping.")] = None,
+    eval_data: Annotated[Path | None, typer.Option(help="Validation data: eval loss every --eval-steps.")] = None,
+    eval_steps: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: --save-steps).")] = None,
+    train_vision: Annotated[bool | None, typer.Option("--train-vision/--freeze-vision",
                                                          help="Also train the vision tower (from-scratch towers).")] = None,
-    image_root: Annotated[Optional[Path], typer.Option(help="Folder relative image paths start from.")] = None,
+    image_root: Annotated[Path | None, typer.Option(help="Folder relative image paths start from.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint in --out.")] = False,
     force: Annotated[bool, typer.Option(help="Start over in a non-empty --out.")] = False,
 ) -> None:
     """Train one LLaVA stage with the transformers Trainer (works under torchrun / accelerate launch)."""
-    from llavakit.train import TrainJob, resolve_recipe, train as run_training
+    from llavakit.train import TrainJob, resolve_recipe
+    from llavakit.train import train as run_training
     from llavakit.train.trainer import is_main_process
 
     given: dict[str, Any] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,7 @@ def test_align_trains_only_the_projector(tiny_llava: Path, two_samples: Path, tm
     assert len(losses) == 12
     # the same batch, repeated: the loss must fall, step after step
     # (a frozen random LM caps how far the projector alone can move it; the fall is steady, not large)
-    assert losses[-1] < losses[0] - 0.005 and sum(b < a for a, b in zip(losses, losses[1:])) >= 9, losses
+    assert losses[-1] < losses[0] - 0.005 and sum(b < a for a, b in pairwise(losses)) >= 9, losses
     saved = json.loads((out / "recipe.json").read_text())
     assert saved["stage"] == "align" and saved["learning_rate"] == 1e-2
     record = json.loads((out / "llavakit_train.json").read_text())

@@ -42,7 +42,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_llava: Path, da
            "--model", str(tiny_llava), "--data", str(data), "--out", str(out), "--max-steps", str(STEPS),
            "--batch-size", "1", "--grad-accum", "1", "--save-steps", "2", "--logging-steps", "1", "--lr", "1e-3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
     record = json.loads((out / "llavakit_train.json").read_text())

@@ -3,7 +3,13 @@
     from llavakit.train import TrainJob, resolve_recipe, train
 """
 
-from llavakit.train.recipes import STAGES, Recipe, RecipeError, default_recipe, resolve_recipe
+from llavakit.train.recipes import (
+    STAGES,
+    Recipe,
+    RecipeError,
+    default_recipe,
+    resolve_recipe,
+)
 
 __all__ = ["STAGES", "Recipe", "RecipeError", "TrainJob", "TrainResult", "default_recipe", "resolve_recipe", "train"]
 

@@ -8,8 +8,9 @@ plus the ``lm_head``); MoE-LLaVA keeps the same names. Design decisions:
   / ``train_lm`` flags (align: projector only; instruct: projector + LM), and every
   parameter must belong to exactly one part: an unknown parameter is an error,
   never silently trained or frozen.
-* Frozen parts are also put in eval mode by the trainer (dropout off), matching
-  the LLaVA reference, so a frozen tower is a fixed function during training.
+* Frozen parts stay in train mode like the rest (the Trainer calls ``model.train()``):
+  the CLIP/SigLIP towers and LLaVA LMs have no dropout by default, so a frozen
+  part is a fixed function either way.
 * With LoRA the LM's base weights stay frozen and PEFT adds trainable adapters
   (see ``lora.py``); the projector stays fully trainable.
 """
@@ -70,14 +71,3 @@ def count_trainable(model: torch.nn.Module) -> FreezeReport:
         total[part] += param.numel()
         trainable[part] += param.numel() if param.requires_grad else 0
     return FreezeReport(total, trainable)
-
-
-def frozen_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The part modules with no trainable parameter (kept in eval mode while training)."""
-    inner = getattr(model, "model", model)
-    found = []
-    for attr in ("vision_tower", "multi_modal_projector", "language_model"):
-        module = getattr(inner, attr, None)
-        if module is not None and not any(p.requires_grad for p in module.parameters()):
-            found.append(module)
-    return found

@@ -31,7 +31,7 @@ def lm_linear_targets(model: nn.Module) -> list[str]:
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or ".language_model." not in f".{name}.":
             continue
-        if name.endswith(".router") or ".router." in name or name.endswith("lm_head"):
+        if name.endswith((".router", "lm_head")) or ".router." in name:
             continue
         names.append(name)
     if not names:

@@ -83,7 +83,7 @@ class Recipe:
     attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"
     extra: dict[str, Any] = field(default_factory=dict)  # passed to transformers.TrainingArguments as is
 
-    def validate(self) -> "Recipe":
+    def validate(self) -> Recipe:
         """Refuse impossible values, naming the field and what is allowed."""
         if self.stage not in STAGES:
             raise RecipeError(f"unknown stage {self.stage!r}; choose one of {list(STAGES)}")

@@ -48,10 +48,20 @@ from transformers import Trainer, TrainingArguments
 
 from llavakit.errors import LlavakitError
 from llavakit.train import checkpoints
-from llavakit.train.callbacks import (CommitCheckpointCallback, CsvLogCallback, EvalLogCallback, RichProgressCallback,
-                                      tensorboard_callback)
+from llavakit.train.callbacks import (
+    CommitCheckpointCallback,
+    CsvLogCallback,
+    EvalLogCallback,
+    RichProgressCallback,
+    tensorboard_callback,
+)
 from llavakit.train.freeze import FreezeReport, apply_freezing, count_trainable
-from llavakit.train.recipes import Recipe, RecipeError, check_resume_compatible, save_recipe
+from llavakit.train.recipes import (
+    Recipe,
+    RecipeError,
+    check_resume_compatible,
+    save_recipe,
+)
 
 PACKING_KERNELS = ("flash_attention_2", "flash_attention_3")
 RUN_FILES = ("recipe.json", "train_log.csv", "eval_log.csv", "llavakit_train.json")
@@ -219,7 +229,7 @@ def prepare_model(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.nn.Modu
 
 def training_arguments(recipe: Recipe, output_dir: Path, evaluate: bool = False) -> TrainingArguments:
     """The recipe as ``TrainingArguments`` (works on transformers 5.17 through 5.23)."""
-    kwargs: dict[str, Any] = dict(
+    kwargs: dict[str, Any] = dict(  # noqa: C408 (keyword form reads like TrainingArguments)
         output_dir=str(output_dir),
         per_device_train_batch_size=recipe.batch_size,
         gradient_accumulation_steps=recipe.grad_accum,

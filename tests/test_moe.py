@@ -18,7 +18,12 @@ from llavakit.checkpoints.random_parts import LM_FAMILIES
 from llavakit.checkpoints.upcycle import parse_layers, upcycle
 from llavakit.errors import BuildError
 from llavakit.models.moe_block import MoEBlock
-from llavakit.models.moe_llava import MoEError, MoeLlavaForConditionalGeneration, moe_layer_indices, normalize_moe
+from llavakit.models.moe_llava import (
+    MoEError,
+    MoeLlavaForConditionalGeneration,
+    moe_layer_indices,
+    normalize_moe,
+)
 
 
 class TinyMLP(torch.nn.Module):
@@ -174,10 +179,10 @@ def test_upcycle_refuses_bad_input(dense_llavas, tiny_moe: Path, tmp_path: Path)
 def test_cli_upcycle(dense_llavas, tmp_path: Path) -> None:
     cli = str(Path(sys.executable).with_name("llavakit"))
     done = subprocess.run([cli, "upcycle", str(dense_llavas["qwen2"]), "--experts", "3", "--top-k", "1",
-                           "--layers", "1", "--out", str(tmp_path / "m")], capture_output=True, text=True)
+                           "--layers", "1", "--out", str(tmp_path / "m")], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     moe = json.loads((tmp_path / "m" / "config.json").read_text())["moe"]
     assert moe["num_experts"] == [3] and moe["top_k_experts"] == 1 and moe["moe_layers_idx"] == [1]
     bad = subprocess.run([cli, "upcycle", str(dense_llavas["qwen2"]), "--layers", "odd", "--out",
-                          str(tmp_path / "n")], capture_output=True, text=True)
+                          str(tmp_path / "n")], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "unknown MoE layer mode 'odd'" in bad.stderr

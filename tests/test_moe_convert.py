@@ -15,7 +15,11 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText
 
-from llavakit.checkpoints.moe_convert import convert_key, convert_moe_llava, convert_state_dict
+from llavakit.checkpoints.moe_convert import (
+    convert_key,
+    convert_moe_llava,
+    convert_state_dict,
+)
 from llavakit.checkpoints.random_parts import make_tokenizer
 from llavakit.errors import BuildError
 
@@ -122,7 +126,7 @@ def write_reference(root: Path, variant: str) -> tuple[Path, dict[str, torch.Ten
 
 def ref_ffn(variant: str, w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Each family's FFN written from its own formula (not transformers' modules)."""
-    lin = lambda name, v: v @ w[f"{name}.weight"].T + w.get(f"{name}.bias", 0)  # noqa: E731
+    lin = lambda name, v: v @ w[f"{name}.weight"].T + w.get(f"{name}.bias", 0)
     if variant == "phi":
         return lin("fc2", torch.nn.functional.gelu(lin("fc1", x), approximate="tanh"))
     if variant == "stablelm":
@@ -175,7 +179,7 @@ def test_convert_released_layout(variant: str, parts, tmp_path: Path, red_image)
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     ours = model.state_dict()
     for key, tensor in state.items():  # every reference tensor landed, unchanged
-        if key.endswith(".attn.c_attn.weight") or key.endswith(".attn.c_attn.bias") or key.endswith("inv_freq"):
+        if key.endswith((".attn.c_attn.weight", ".attn.c_attn.bias", "inv_freq")):
             continue
         torch.testing.assert_close(ours[convert_key(key, variant)], tensor, rtol=0, atol=0)
     if variant == "qwen":
@@ -216,9 +220,9 @@ def test_cli_convert_moe(parts, tmp_path: Path) -> None:
     src, _ = write_reference(tmp_path, "phi")
     cli = str(Path(sys.executable).with_name("llavakit"))
     done = subprocess.run([cli, "convert-moe", str(src), "--vision", str(parts("vision", "clip")), "--out",
-                           str(tmp_path / "o")], capture_output=True, text=True)
+                           str(tmp_path / "o")], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "o" / "config.json").read_text())["model_type"] == "moe_llava"
     again = subprocess.run([cli, "convert-moe", str(src), "--vision", str(parts("vision", "clip")), "--out",
-                            str(tmp_path / "o")], capture_output=True, text=True)
+                            str(tmp_path / "o")], capture_output=True, text=True, check=False)
     assert again.returncode == 2 and "already exists" in again.stderr

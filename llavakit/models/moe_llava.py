@@ -81,7 +81,7 @@ def moe_layer_indices(layers: str | list[int], num_layers: int) -> list[int]:
         if layers == "dense":
             return list(range(num_layers))
         raise MoEError(f"unknown MoE layer mode {layers!r}; choose one of {MOE_MODES} or a list of layer indices")
-    indices = sorted(set(int(i) for i in layers))
+    indices = sorted({int(i) for i in layers})
     if not indices or indices[0] < 0 or indices[-1] >= num_layers:
         raise MoEError(f"MoE layer indices {list(layers)} must be non-empty and within 0..{num_layers - 1}")
     return indices

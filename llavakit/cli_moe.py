@@ -24,7 +24,8 @@ def upcycle(
     force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
 ) -> None:
     """Turn a dense LLaVA into an untrained MoE-LLaVA (every expert a copy of its layer's FFN)."""
-    from llavakit.checkpoints.upcycle import parse_layers, upcycle as upcycle_checkpoint
+    from llavakit.checkpoints.upcycle import parse_layers
+    from llavakit.checkpoints.upcycle import upcycle as upcycle_checkpoint
 
     with err.status("upcycling..."):
         path = upcycle_checkpoint(dense, out_dir, experts, top_k, parse_layers(layers), seed=seed, force=force)

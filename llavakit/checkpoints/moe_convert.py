@@ -193,13 +193,21 @@ def read_state_dict(src: Path) -> dict[str, torch.Tensor]:
 def convert_moe_llava(src: str | Path, vision: str | Path, out: str | Path, tokenizer: str | Path | None = None,
                       force: bool = False) -> Path:
     """Convert a released MoE-LLaVA directory ``src`` (with CLIP tower dir ``vision``) to ``out``."""
-    from transformers import AutoTokenizer, CLIPVisionModel, LlavaImageProcessorPil, LlavaProcessor
+    from transformers import (
+        AutoTokenizer,
+        CLIPVisionModel,
+        LlavaImageProcessorPil,
+        LlavaProcessor,
+    )
 
     from llavakit.checkpoints.atomic import atomic_directory
     from llavakit.checkpoints.build import _add_special_tokens, _load_vision
     from llavakit.checkpoints.resolve import resolve_source
     from llavakit.data.chat_templates import IMAGE_TOKEN
-    from llavakit.models.moe_llava import MoeLlavaConfig, MoeLlavaForConditionalGeneration
+    from llavakit.models.moe_llava import (
+        MoeLlavaConfig,
+        MoeLlavaForConditionalGeneration,
+    )
 
     out = Path(out)
     if out.exists() and not force:

@@ -272,3 +272,17 @@ def test_speed_options_keep_the_loss_curve(tiny_llava: Path, two_samples: Path, 
     assert json.loads((tmp_path / "fast" / "recipe.json").read_text())["bf16"] is True
     for a, b in zip(runs["fp32"], runs["fast"], strict=True):
         assert b == pytest.approx(a, rel=0.01), runs
+
+
+def test_moe_stage_with_lora_merges_into_a_moe_llava(tiny_llava: Path, two_samples: Path, tmp_path: Path):
+    from transformers import AutoModelForImageTextToText
+
+    from llavakit.checkpoints.upcycle import upcycle
+
+    moe = upcycle(tiny_llava, tmp_path / "moe", num_experts=2, top_k=1)
+    out = tmp_path / "moe-lora"
+    result = train(TrainJob(model=moe, data=two_samples, out=out, progress=False,
+                            recipe=_fast("moe", lora=True, max_steps=2, merge_lora=True)))
+    assert result.trainable.trainable["projector"] == result.trainable.total["projector"] // 2  # PEFT's copy frozen
+    assert AutoModelForImageTextToText.from_pretrained(out).config.model_type == "moe_llava"
+    assert (out / "adapter" / "adapter_config.json").exists()

@@ -221,6 +221,9 @@ def prepare_model(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.nn.Modu
 
         model.config.moe["router_aux_loss_coef"] = recipe.router_aux_loss_coef
         prepare_moe_tuning(model, train_dense_ffn=recipe.moe_train_dense_ffn)
+        for name, param in model.named_parameters():
+            if ".original_module." in name:  # PEFT's frozen copy of a modules_to_save module: never used in forward
+                param.requires_grad_(False)
     report = count_trainable(model)
     if sum(report.trainable.values()) == 0:
         raise RecipeError("the recipe leaves no parameter trainable")

@@ -140,6 +140,8 @@ def train(job: TrainJob) -> TrainResult:
 
     adapter, merged = _save_final(trainer, processor, out, recipe)
     final_loss = _last_logged_loss(trainer)
+    if final_loss is None:  # a run shorter than logging_steps: the mean training loss is all there is
+        final_loss = float(output.training_loss)
     if trainer.is_world_process_zero():
         record = {"stage": recipe.stage, "base_model": str(Path(job.model).resolve()), "data": str(job.data),
                   "steps": trainer.state.global_step, "train_loss": output.training_loss, "final_loss": final_loss,

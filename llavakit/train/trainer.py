@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llavakit.errors import LlavakitError
 from llavakit.train import checkpoints
@@ -115,8 +116,6 @@ def train(job: TrainJob) -> TrainResult:
     processor, model = load_model(job.model, recipe)
     dataset, collator, n_samples = build_data(job.data, job, processor, model, recipe)
     eval_dataset = build_data(job.eval_data, job, processor, model, recipe)[0] if job.eval_data else None
-    from transformers import set_seed
-
     set_seed(recipe.seed)  # LoRA adapters are initialised randomly before the Trainer seeds anything
     model, report = prepare_model(model, recipe)
 
@@ -132,8 +131,6 @@ def train(job: TrainJob) -> TrainResult:
                               data_collator=collator,
                               processing_class=processor, callbacks=callbacks,
                               lengths=_length_proxy(dataset, model) if recipe.group_by_length else None)
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     trainer.remove_callback(PrinterCallback)  # our progress bar and CSV log report instead
     trainer.remove_callback(ProgressCallback)
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

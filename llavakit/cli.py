@@ -145,6 +145,9 @@ def chat(
     seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling.")] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
     stats: Annotated[bool, typer.Option(help="Print time to first token and tokens/s.")] = True,
+    draft: Annotated[Optional[Path], typer.Option(
+        help="Draft LM for speculative decoding (a `llavakit export-draft` directory; openvino backend).")] = None,
+    draft_k: Annotated[int, typer.Option(help="Tokens the draft proposes per verify pass.")] = 4,
 ) -> None:
     """Chat about images: answer one question, or start an interactive session."""
     from llavakit.cli_chat import interactive, one_shot, open_pipeline
@@ -152,12 +155,26 @@ def chat(
     settings = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
                     top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
                     stop=tuple(stop or ()))
-    pipe = open_pipeline(model, backend, device, err, weights)
+    pipe = open_pipeline(model, backend, device, err, weights, draft=str(draft) if draft else None, draft_k=draft_k)
     images = [str(p) for p in image or []]
     if question is None:
         interactive(pipe, images, system, settings, out, err, stats)
     else:
         one_shot(pipe, question, images, system, settings, out, err, stats)
+
+
+@app.command("export-draft")
+@friendly_errors
+def export_draft(
+    model: Annotated[str, typer.Argument(help="A HF causal LM (same tokenizer as the VLM) or a LLaVA (its LM).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Where to write the draft.")],
+    weights: Annotated[str, typer.Option(help="fp32, fp16, int8 or int4.")] = "int8",
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Export a small LM as a draft for speculative decoding (`llavakit chat --draft DIR`)."""
+    from llavakit.export.draft import export_draft_lm
+
+    out.print(f"draft written to {export_draft_lm(model, out_dir, weights=weights, force=force)}")
 
 
 @app.command()

@@ -19,10 +19,14 @@ HELP = "commands: /image PATH (attach to next question), /reset (new conversatio
 
 
 def open_pipeline(model: str, backend: str | None, device: str | None, err: Console,
-                  weights: str = "int4") -> Pipeline:
-    """Load the model with a spinner on stderr (the first use of a HF checkpoint exports it)."""
+                  weights: str = "int4", draft: str | None = None, draft_k: int = 4) -> Pipeline:
+    """Load the model with a spinner on stderr (the first use of a HF checkpoint exports it).
+
+    ``draft``: a ``llavakit export-draft`` directory for speculative decoding (``draft_k`` tokens a step).
+    """
     with err.status(f"loading {model} (a HF checkpoint is exported to OpenVINO once, then cached)..."):
-        return Pipeline(model, backend=backend, device=device, weights=weights)
+        extra = {"draft": draft, "num_draft_tokens": draft_k} if draft else {}
+        return Pipeline(model, backend=backend, device=device, weights=weights, **extra)
 
 
 def print_stream(generation: Generation, out: Console, err: Console, stats: bool) -> None:
@@ -40,6 +44,10 @@ def print_stream(generation: Generation, out: Console, err: Console, stats: bool
             f"{m.decode_tokens_per_s:.1f} tokens/s]",
             style="dim", markup=False, highlight=False,
         )
+        spec = getattr(result, "speculative", None)  # set by speculative decoding (--draft)
+        if spec is not None:
+            err.print(f"[draft: {spec.accepted}/{spec.drafted} accepted ({spec.acceptance_rate:.0%}), "
+                      f"{spec.rounds} verify passes]", style="dim", markup=False, highlight=False)
 
 
 def one_shot(pipe: Pipeline, question: str, images: list[str], system: str | None, settings: dict[str, Any],

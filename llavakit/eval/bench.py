@@ -498,7 +498,7 @@ def _record_backend_choice(report: dict, engines: dict) -> dict | None:
     from llavakit.runtime.backend_choice import record_choice
 
     keys = ("decode_tokens_per_s", "ttft_s_cold", "ttft_s_warm", "peak_rss_mb")
-    pick = lambda e: {"decode_tokens_per_s": e.get("decode_tokens_per_s"), "ttft_cold_s": e.get("ttft_s_cold"),  # noqa: E731
+    pick = lambda e: {"decode_tokens_per_s": e.get("decode_tokens_per_s"), "ttft_cold_s": e.get("ttft_s_cold"),
                       **{k: e.get(k) for k in keys}}
     entry = record_choice(pick(ov), pick(lc), source=f"llavakit bench {report['settings']['shape']}")
     report["notes"].append(f"backend choice recorded for this machine: {entry['backend']} ({entry['reason']}); "

@@ -135,7 +135,12 @@ QUICK_VISION = {"hidden": 64, "layers": 2, "heads": 4, "intermediate": 128, "ima
 
 def shapes(name: str):
     """(LMShape, VisionShape) of a benchmark shape name: "bench-1b" (DESIGN.md) or "quick"."""
-    from llavakit.checkpoints.random_parts import BENCH_1B_LM, BENCH_1B_VISION, LMShape, VisionShape
+    from llavakit.checkpoints.random_parts import (
+        BENCH_1B_LM,
+        BENCH_1B_VISION,
+        LMShape,
+        VisionShape,
+    )
 
     if name == "bench-1b":
         return BENCH_1B_LM, BENCH_1B_VISION

@@ -42,7 +42,7 @@ def find_ggufs(model_dir: str | Path) -> list[Path]:
     """The LM GGUFs an export directory holds, best decode candidate first (Q4_K_M, Q4_0, ..., F32)."""
     order = [t.upper() for t in ("q4_k_m", "q4_0", "q5_k_m", "q6_k", "q8_0", "f16", "f32")]
     found = sorted(Path(model_dir).glob(f"{GGUF_PREFIX}*.gguf"))
-    rank = lambda p: order.index(p.name[len(GGUF_PREFIX):-5]) if p.name[len(GGUF_PREFIX):-5] in order else len(order)  # noqa: E731
+    rank = lambda p: order.index(p.name[len(GGUF_PREFIX):-5]) if p.name[len(GGUF_PREFIX):-5] in order else len(order)
     return sorted(found, key=rank)
 
 

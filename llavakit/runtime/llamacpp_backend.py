@@ -36,8 +36,9 @@ import ctypes
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 import openvino as ov
@@ -47,7 +48,14 @@ from llavakit.export import layout
 from llavakit.export.lm_gguf import find_ggufs, gguf_name
 from llavakit.runtime.chat_render import ChatRenderer
 from llavakit.runtime.image_processing import ImageProcessor
-from llavakit.runtime.ov_backend import PRECISE, OpenVINOBackend, OVPrompt, _common_prefix, _eos_ids, pick_ov_device
+from llavakit.runtime.ov_backend import (
+    PRECISE,
+    OpenVINOBackend,
+    OVPrompt,
+    _common_prefix,
+    _eos_ids,
+    pick_ov_device,
+)
 
 INSTALL_HINT = ('CMAKE_ARGS="-DGGML_NATIVE=ON" pip install "llavakit[bench]"  '
                 "(builds llama-cpp-python from source, ~20 min; see benchmarks/LLAMACPP.md)")
@@ -58,7 +66,7 @@ def llama_cpp_available() -> bool:
     """Whether llama-cpp-python can be imported (the backend's only extra dependency)."""
     try:
         import llama_cpp  # noqa: F401
-    except Exception:  # ImportError, or OSError from a broken native library
+    except Exception:  # noqa: BLE001 - ImportError, or OSError from a broken native library
         return False
     return True
 
@@ -66,7 +74,7 @@ def llama_cpp_available() -> bool:
 def _import_llama_cpp():
     try:
         import llama_cpp
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as above: any failure to load the native library
         raise LlavakitError(f"the llamacpp backend needs llama-cpp-python, which cannot be imported ({exc}); "
                             f"install it: {INSTALL_HINT}") from None
     return llama_cpp
@@ -94,7 +102,7 @@ def pick_gguf(model_dir: Path, gguf: str | Path | None) -> Path:
     """The GGUF to load: ``gguf`` (a path, or a type such as "q4_k_m"), else the best one in ``model_dir``."""
     if gguf is not None:
         path = Path(gguf)
-        if not path.suffix == ".gguf":
+        if path.suffix != ".gguf":
             path = model_dir / gguf_name(str(gguf))
         if not path.is_file():
             raise ModelLoadError(f"GGUF {path} does not exist; present: {[p.name for p in find_ggufs(model_dir)]}")

@@ -228,4 +228,8 @@ def main() -> None:  # pragma: no cover - console entry
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run the imported module's app: as __main__ this file is a second copy, and the
+    # subcommand modules registered themselves on llavakit.cli.app, not on this one.
+    from llavakit.cli import main as _main
+
+    sys.exit(_main())

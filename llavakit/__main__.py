@@ -1,0 +1,5 @@
+"""``python -m llavakit`` = the ``llavakit`` command."""
+
+from llavakit.cli import main
+
+main()

@@ -141,7 +141,7 @@ def test_unknown_backend_and_device(tiny_llava):
 
 
 def test_reserved_names_say_what_to_do():
-    with pytest.raises(LlavakitError, match="'budget' is not available"):
+    with pytest.raises(LlavakitError, match="'budget' has no trained parts"):
         Pipeline("budget")
 
 

@@ -1,0 +1,235 @@
+"""Training-speed benchmark: llavakit's instruct stage vs a plain transformers-Trainer baseline.
+
+    python -m llavakit.eval.train_bench --out DIR [--tiny] [--steps 30 --warmup 5 --batch 16 --seq 256]
+
+Design decisions:
+
+* Same model, data and batch size for both runs. The model is built here from random
+  weights (``BENCH_1B_LM`` + ``BENCH_1B_VISION`` through ``build_llava``; ``--tiny`` for the
+  CPU smoke test), so nothing large is carried to the GPU machine.
+* Data are synthetic fixed-length samples: ``seq`` tokens each, the first ones the image
+  tokens of the tower (49 for a 224-px CLIP-B/32), the rest random text ids; labels are the
+  text ids (image positions -100). Fixed length keeps padding identical for both runs, so
+  the comparison isolates the trainer's speed options (bf16, SDPA, torch.compile, workers).
+* Baseline = the way seed 003 writes it: ``Trainer`` + ``TrainingArguments`` with default
+  AdamW, mixed precision (the seed's ``fp16=True`` on a T4 becomes ``bf16=True`` on Hopper;
+  fp32 on CPU), a padding collator, no other options.
+* llavakit = its own wiring: ``prepare_model`` (instruct freezing: vision frozen, projector
+  + LM trained), ``training_arguments`` from the instruct recipe with the gpu speed options,
+  and ``LlavakitTrainer``.
+* Timing: a callback records the wall time of each optimizer step (cuda-synchronised);
+  the first ``warmup`` steps (compile, allocator) are dropped.
+* MFU = model FLOPs/s / measured peak bf16 matmul FLOPs/s (an 8192^3 bf16 matmul timed in
+  the same run). Model FLOPs per sample (``model_flops_per_sample``) = 6 * N_lm * T (forward +
+  backward of every LM matmul weight incl. lm_head, full fine-tuning; the embedding lookup
+  excluded) + 6 * N_proj * T_img (trained projector) + 2 * N_vision * (T_img + 1) (frozen
+  tower: forward only) + causal attention scores 12 * L * d * T^2 / 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def build_model(out: Path, tiny: bool) -> Path:
+    """A random LLaVA of the bench-1b shape (or the tiny test shape) in ``out/model``."""
+    from llavakit.checkpoints.build import build_llava
+    from llavakit.checkpoints.random_parts import (BENCH_1B_LM, BENCH_1B_VISION, LMShape, VisionShape,
+                                                   make_random_lm, make_random_vision)
+
+    lm_shape, vis_shape = (LMShape(), VisionShape()) if tiny else (BENCH_1B_LM, BENCH_1B_VISION)
+    lm = make_random_lm("llama", out / "lm", lm_shape)
+    vis = make_random_vision("clip", out / "vision", vis_shape)
+    return build_llava(vis, lm, out / "model", dtype="float32", force=True)
+
+
+class SyntheticLlava(torch.utils.data.Dataset):
+    """Fixed-length samples: image tokens first, then random text; labels on text only."""
+
+    def __init__(self, n: int, seq: int, n_img: int, image_token: int, vocab: int, image_size: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(10, vocab, (n, seq), generator=g)  # (N, T)
+        self.ids[self.ids == image_token] = 10  # no stray image placeholder in the text
+        self.ids[:, :n_img] = image_token
+        self.pix = torch.randn(n, 3, image_size, image_size, generator=g)  # (N, 3, H, W)
+        self.n_img = n_img
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = self.ids[i]
+        labels = ids.clone()
+        labels[: self.n_img] = -100
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+                "pixel_values": self.pix[i]}
+
+
+def pad_collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The seed's padding collator (right padding to the longest sample; here all are equal)."""
+    width = max(b["input_ids"].shape[0] for b in batch)
+    out: dict[str, torch.Tensor] = {}
+    for key, fill in (("input_ids", 0), ("attention_mask", 0), ("labels", -100)):
+        out[key] = torch.stack([torch.nn.functional.pad(b[key], (0, width - b[key].shape[0]), value=fill)
+                                for b in batch])  # (B, T)
+    out["pixel_values"] = torch.stack([b["pixel_values"] for b in batch])  # (B, 3, H, W)
+    return out
+
+
+def _step_timer():
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time per optimizer step and the logged loss of every step."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.losses: list[float] = []
+            self._t = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter() - self._t)
+
+        def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+    return StepTimer()
+
+
+def model_flops_per_sample(model: torch.nn.Module, seq: int, n_img: int) -> float:
+    """6*N*T for LM + projector (trained), 2*N_v*T_img for the frozen tower, plus attention scores."""
+    lm = model.model.language_model
+    n_lm = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    n_lm += model.lm_head.weight.numel() if not model.config.get_text_config().tie_word_embeddings else 0
+    n_proj = sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    n_vis = sum(p.numel() for n, p in model.model.vision_tower.named_parameters() if "embeddings" not in n)
+    tc = model.config.get_text_config()
+    attn = 12 * tc.num_hidden_layers * tc.hidden_size * seq * seq / 2  # causal: half the scores
+    return 6.0 * n_lm * seq + 6.0 * n_proj * n_img + 2.0 * n_vis * (n_img + 1) + attn
+
+
+def peak_bf16_flops(tiny: bool) -> float:
+    """Measured bf16 matmul rate of this device (the MFU denominator)."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    n = 8192 if dev == "cuda" else 512
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    reps = 50 if dev == "cuda" else 3
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return 2.0 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Train ``steps`` steps with the baseline or llavakit wiring; times and losses back."""
+    from transformers import AutoModelForImageTextToText, Trainer, TrainingArguments, set_seed
+
+    from llavakit.train import resolve_recipe  # noqa: F401  (recipes load light)
+    from llavakit.train.recipes import Recipe
+    from llavakit.train.trainer import LlavakitTrainer, load_model, prepare_model, training_arguments
+
+    cuda = torch.cuda.is_available()
+    set_seed(0)
+    timer = _step_timer()
+    if kind == "baseline":
+        model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32)
+        for p in model.model.vision_tower.parameters():  # the seed freezes the tower too
+            p.requires_grad_(False)
+        targs = TrainingArguments(output_dir=str(out / "baseline"), per_device_train_batch_size=args.batch,
+                                  learning_rate=2e-5, max_steps=args.steps, lr_scheduler_type="cosine",
+                                  warmup_steps=0.03, logging_steps=1, bf16=cuda, remove_unused_columns=False,
+                                  optim="adamw_torch", report_to="none", save_strategy="no", seed=0,
+                                  disable_tqdm=True, use_cpu=not cuda)
+        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=pad_collate, callbacks=[timer])
+    else:
+        recipe = Recipe(stage="instruct", train_lm=True, learning_rate=2e-5, max_steps=args.steps,
+                        batch_size=args.batch, logging_steps=1, save_steps=10 ** 6, warmup_ratio=0.03,
+                        bf16=cuda, torch_compile=cuda and not args.no_compile, attn_implementation="sdpa",
+                        dataloader_workers=4 if cuda else 0, max_length=args.seq).validate()
+        _, model = load_model(model_dir, recipe)
+        set_seed(0)
+        model, _ = prepare_model(model, recipe)
+        targs = training_arguments(recipe, out / "llavakit")
+        targs.save_strategy = "no"
+        trainer = LlavakitTrainer(model=model, args=targs, train_dataset=data, data_collator=pad_collate,
+                                  callbacks=[timer])
+    trainer.train()
+    times = timer.times[args.warmup:] or timer.times
+    step_s = sum(times) / len(times)
+    flops = model_flops_per_sample(trainer.model if kind == "baseline" else model, args.seq, args.n_img)
+    result = {"kind": kind, "step_s": step_s, "samples_s": args.batch / step_s,
+              "tokens_s": args.batch * args.seq / step_s, "model_flops_s": flops * args.batch / step_s,
+              "losses": timer.losses, "max_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
+    del trainer, model
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run both trainers and write ``train_bench.json`` (and print a table)."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/train_bench")
+    ap.add_argument("--tiny", action="store_true", help="tiny shape for a CPU smoke run")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.seq = min(args.seq, 48)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = build_model(out, args.tiny)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    vc, tc = cfg["vision_config"], cfg["text_config"]
+    args.n_img = (vc["image_size"] // vc["patch_size"]) ** 2
+    data = SyntheticLlava(args.batch * (args.steps + 1), args.seq, args.n_img,
+                          cfg.get("image_token_id", cfg.get("image_token_index")), tc["vocab_size"], vc["image_size"])
+    peak = peak_bf16_flops(args.tiny)
+    results = [run_one(k, model_dir, data, args, out) for k in ("baseline", "llavakit")]
+    for r in results:
+        r["mfu"] = r["model_flops_s"] / peak
+    base, kit = results
+    n = min(len(base["losses"]), len(kit["losses"]))
+    report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "torch": torch.__version__, "peak_bf16_tflops": peak / 1e12, "args": vars(args),
+              "results": results, "ratio_samples_s": kit["samples_s"] / base["samples_s"],
+              "max_abs_loss_diff": max((abs(a - b) for a, b in zip(base["losses"][:n], kit["losses"][:n])),
+                                       default=math.nan)}
+    (out / "train_bench.json").write_text(json.dumps(report, indent=1))
+    print(f"device {report['device']}  peak bf16 {peak / 1e12:.1f} TFLOP/s")
+    for r in results:
+        print(f"{r['kind']:9s} step {r['step_s'] * 1e3:8.1f} ms  {r['samples_s']:8.2f} samples/s  "
+              f"{r['tokens_s']:10.0f} tok/s  MFU {100 * r['mfu']:5.1f}%  loss {r['losses'][:1]}..{r['losses'][-1:]}")
+    print(f"ratio llavakit/baseline samples/s {report['ratio_samples_s']:.2f}  "
+          f"max |loss diff| {report['max_abs_loss_diff']:.4f}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

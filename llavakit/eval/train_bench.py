@@ -173,6 +173,8 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
         model, _ = prepare_model(model, recipe)
         targs = training_arguments(recipe, out / "llavakit")
         targs.save_strategy = "no"
+        if args.optim:  # experiment: a lever not (yet) in the recipe, e.g. adamw_torch_fused
+            targs.optim = args.optim
         trainer = LlavakitTrainer(model=model, args=targs, train_dataset=data, data_collator=pad_collate,
                                   callbacks=[timer])
     trainer.train()
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--optim", default=None, help="experiment: override llavakit's optimizer (adamw_torch_fused)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.seq = min(args.seq, 48)

@@ -78,21 +78,15 @@ class OpenVINOBackend:
         core = ov.Core()
         self.device = pick_ov_device(core, device)
         props = {**(PRECISE if precise else {}), **(properties or {})}
+        compile_ = lambda name, extra=None: core.compile_model(model_dir / name, self.device, {**props, **(extra or {})})  # noqa: E731
         language_model = keep_last_logits(core.read_model(model_dir / layout.LANGUAGE_MODEL))
         self._lm = core.compile_model(language_model, self.device, props).create_infer_request()
-        self._text = core.compile_model(model_dir / layout.TEXT_EMBEDDINGS, self.device, props)
-        self._init_prompt_side(core, model_dir, json.loads((model_dir / layout.CONFIG).read_text()), props)
-
-    def _init_prompt_side(self, core: ov.Core, model_dir: Path, config: dict, props: dict) -> None:
-        """Everything but the language model: vision IR, tokenizers, template, image processor, caches.
-
-        Shared with backends that run the language model elsewhere (llama.cpp), which must not
-        compile the LM and text-embedding IRs they never use.
-        """
-        text_config = config.get("text_config", {})
-        self._vision = core.compile_model(model_dir / layout.VISION_EMBEDDINGS, self.device, props)
+        self._vision = compile_(layout.VISION_EMBEDDINGS)
+        self._text = compile_(layout.TEXT_EMBEDDINGS)
         self._tokenizer = core.compile_model(model_dir / layout.TOKENIZER, "CPU")
         self._detokenizer = core.compile_model(model_dir / layout.DETOKENIZER, "CPU")
+        config = json.loads((model_dir / layout.CONFIG).read_text())
+        text_config = config.get("text_config", {})
         self.image_token_id = int(config.get("image_token_id", config.get("image_token_index")))
         self.max_context = int(text_config.get("max_position_embeddings", 4096))
         self.eos_token_ids = _eos_ids(model_dir, text_config)

@@ -150,3 +150,16 @@ def test_thread_count_from_the_environment(monkeypatch) -> None:
         default_threads()
     monkeypatch.delenv("LLAVAKIT_LLAMACPP_THREADS")
     assert default_threads() >= 1
+
+
+def test_llamacpp_detokenizer_gives_the_openvino_text(lc_pipeline, gguf_export) -> None:
+    """The backend detokenizes with llama.cpp's vocab; the text must be the OpenVINO detokenizer's."""
+    ov = Pipeline(gguf_export, backend="openvino", precise=True)
+    rng = np.random.default_rng(0)
+    vocab = lc_pipeline.backend.n_vocab
+    special = sorted(lc_pipeline.backend.eos_token_ids)
+    cases = [[], special, [int(i) for i in rng.integers(0, vocab, 1)]]
+    cases += [[int(i) for i in rng.integers(0, vocab, n)] for n in (2, 5, 17, 64)]
+    cases += [special + [int(i) for i in rng.integers(0, vocab, 8)] + special]
+    for ids in cases:
+        assert lc_pipeline.backend.decode_text(ids) == ov.backend.decode_text(ids), ids

@@ -207,6 +207,10 @@ def run_bench(
                                                                  "lm_weights": lever_export["lm_weights"]}
         for r in range(rounds):
             runner.task("llavakit-lm", "llavakit_lm", {**lm_common, "export_dir": export_dir}, round_=r)
+            if with_backend and "llamacpp_export" in report:  # the backend on the peer's own workload
+                runner.task("llavakit-llamacpp-lm", "llavakit_lm",
+                            {**lm_common, "export_dir": report["llamacpp_export"]["export_dir"],
+                             "backend": "llamacpp"}, round_=r)
             for quant in quants:
                 runner.task(f"llamacpp-{quant}", "llamacpp",
                             {**lm_common, "quant": quant, "work_dir": str(root / "gguf"),
@@ -484,6 +488,14 @@ def _comparisons(engines: dict) -> list[dict]:
                 for key, label, unit, better in _LM_METRICS[1:]:
                     rows.append(_row("backend", f"llamacpp-{quant} (LM only)", key, label, unit, better,
                                      ours.get(key), theirs.get(key)))
+    ours = engines.get("llavakit-llamacpp-lm", {})
+    if ours and "error" not in ours:  # like for like: the same prompt ids, no image, no chat template
+        for quant in LLAMACPP_QUANTS:
+            theirs = engines.get(f"llamacpp-{quant}")
+            if theirs and "error" not in theirs:
+                for key, label, unit, better in _LM_METRICS:
+                    rows.append(_row("backend", f"llamacpp-{quant} (both LM only, same ids)", key, label, unit,
+                                     better, ours.get(key), theirs.get(key)))
     return [r for r in rows if r["ratio"] is not None]
 
 

@@ -467,11 +467,20 @@ def task_transformers(spec: dict) -> dict:
 
 # --- the language model alone, on fixed token ids ------------------------------------------------
 def task_llavakit_lm(spec: dict) -> dict:
-    """llavakit's OpenVINO engine fed ``prompt_ids`` directly (no chat template, no image): prefill + greedy decode."""
+    """llavakit's engine fed ``prompt_ids`` directly (no chat template, no image): prefill + greedy decode.
+
+    ``spec["backend"] == "llamacpp"`` runs the llama.cpp LM backend instead of the OpenVINO one, so its
+    decode can be set against llama.cpp's own on exactly the peer's workload.
+    """
     from llavakit.runtime.ov_backend import OpenVINOBackend, OVPrompt
 
     start = time.perf_counter()
-    backend = OpenVINOBackend(Path(spec["export_dir"]), properties=spec.get("properties") or None)
+    if spec.get("backend") == "llamacpp":
+        from llavakit.runtime.llamacpp_backend import LlamaCppBackend
+
+        backend = LlamaCppBackend(Path(spec["export_dir"]))
+    else:
+        backend = OpenVINOBackend(Path(spec["export_dir"]), properties=spec.get("properties") or None)
     load_s = time.perf_counter() - start
     ids = [int(i) for i in spec["prompt_ids"]]
     n_decode = int(spec["n_decode"])

@@ -114,15 +114,20 @@ def make_lm(tokenizer, out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def build_untrained_nano(train_json: str | Path, out_dir: str | Path, work_dir: str | Path, seed: int = 0) -> Path:
-    """Tokenizer trained on ``train_json``'s text, random ViT and LM, assembled into a LLaVA at ``out_dir``."""
+def build_untrained_nano(train_json: str | Path, out_dir: str | Path, work_dir: str | Path, seed: int = 0,
+                         vision_dir: str | Path | None = None) -> Path:
+    """Tokenizer trained on ``train_json``'s text, random LM, assembled into a LLaVA at ``out_dir``.
+
+    The ViT is ``vision_dir`` (e.g. one pretrained by :mod:`llavakit.train.vision_pretrain`) or a random one.
+    """
     from llavakit.checkpoints.build import build_llava
     from llavakit.checkpoints.random_parts import VisionShape, make_random_vision
 
     work = Path(work_dir)
     tokenizer = train_tokenizer(corpus_from_llava_json(train_json), work / "tokenizer")
     lm_dir = make_lm(tokenizer, work / "lm", seed=seed)
-    vision_dir = make_random_vision("clip", work / "vision", VisionShape(**NANO_VISION), seed=seed)
+    if vision_dir is None:
+        vision_dir = make_random_vision("clip", work / "vision", VisionShape(**NANO_VISION), seed=seed)
     return build_llava(vision_dir, lm_dir, out_dir, chat_template="vicuna", vision_feature_layer=-1,
                        dtype="float32", force=True, seed=seed)
 

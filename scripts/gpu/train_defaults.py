@@ -5,8 +5,9 @@ own torch/transformers; nothing is pip-installed there). Every stage is one
 ``llavakit.train.train`` call (the same code as ``llavakit train``), so each is
 resumable (``--resume``) and writes its loss curve to ``<out>/train_log.csv``.
 
-    python scripts/gpu/train_defaults.py nano   --data D --work W --steps 3000
-    python scripts/gpu/train_defaults.py budget --data D --work W --nano W/nano/model --align-steps 600 --steps 2000
+    python scripts/gpu/train_defaults.py vision --work W --out W/vision --scenes 120000 --steps 4000
+    python scripts/gpu/train_defaults.py nano   --data D --work W --steps 3000 --vision W/vision --freeze-vision
+    python scripts/gpu/train_defaults.py budget --data D --work W --vision W/vision --freeze-vision --align-steps 600 --steps 2000
     python scripts/gpu/train_defaults.py eval   --model DIR --data D/test.json --out result.json
     python scripts/gpu/train_defaults.py parts  --work W --out DIR   # fp16 parts to commit
 
@@ -44,15 +45,38 @@ def train_stage(model: Path, data: Path, out: Path, stage: str, overrides: dict,
     log(f"done {stage}: steps {res.steps}, final loss {res.final_loss}, {res.trainable.summary()}")
 
 
+def cmd_vision(a: argparse.Namespace) -> None:
+    """nano's ViT (random init, nano's shape) pretrained on scene labels (llavakit.train.vision_pretrain)."""
+    from llavakit.checkpoints.nano import NANO_VISION
+    from llavakit.checkpoints.random_parts import VisionShape, make_random_vision
+    from llavakit.train.vision_pretrain import (
+        PretrainConfig,
+        pretrain_vision,
+        render_scenes,
+    )
+
+    work = Path(a.work)
+    init = make_random_vision("clip", work / "vision_init", VisionShape(**NANO_VISION), seed=a.seed)
+    grid = NANO_VISION["image_size"] // NANO_VISION["patch_size"]
+    t0 = time.time()
+    train = render_scenes(a.scenes, seed=a.seed, size=NANO_VISION["image_size"], grid=grid, workers=a.workers)
+    held = render_scenes(2000, seed=a.seed, size=NANO_VISION["image_size"], grid=grid, workers=a.workers, heldout=True)
+    log(f"rendered {a.scenes} + 2000 held-out scenes in {time.time() - t0:.0f} s")
+    summary = pretrain_vision(init, Path(a.out), *train, PretrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
+                                                                        seed=a.seed), eval_set=held)
+    log(f"vision pretrain done in {summary['seconds']} s; held-out head accuracy {summary['accuracy']}")
+
+
 def cmd_nano(a: argparse.Namespace) -> None:
     from llavakit.checkpoints.nano import build_untrained_nano
 
     work = Path(a.work)
     base = Path(a.init) if a.init else work / "nano" / "base"  # --init: continue from an earlier run's model
     if not (base / "config.json").is_file():
-        build_untrained_nano(Path(a.data) / "train.json", base, work / "nano" / "parts", seed=0)
+        build_untrained_nano(Path(a.data) / "train.json", base, work / "nano" / "parts", seed=0,
+                             vision_dir=a.vision or None)
     overrides = {"learning_rate": a.lr, "max_steps": a.steps, "batch_size": a.batch, "grad_accum": 1, "warmup_ratio": 0.03,
-                     "weight_decay": 0.05, "train_vision": True, "train_projector": True, "train_lm": True, "bf16": True,
+                     "weight_decay": 0.05, "train_vision": not a.freeze_vision, "train_projector": True, "train_lm": True, "bf16": True,
                      "dataloader_workers": a.workers, "save_steps": 500, "save_total_limit": 1, "logging_steps": 25,
                      "max_length": 512, "seed": a.seed}
     train_stage(base, Path(a.data) / "train.json", work / "nano" / "model", "instruct", overrides, a.resume)
@@ -111,7 +135,7 @@ def cmd_budget(a: argparse.Namespace) -> None:
         lm_dir = ensure_smollm2(work)
     base = work / "base"
     if not (base / "config.json").is_file():
-        vision = extract_vision(Path(a.nano), work / "vision", fp16_round=True)
+        vision = Path(a.vision) if a.vision else extract_vision(Path(a.nano), work / "vision", fp16_round=True)
         build_budget_base(vision, lm_dir, base)
     # data: shapes train + self-distilled text-only samples (about 3% of the mixture)
     mix = work / "instruct_mix.json"
@@ -127,7 +151,8 @@ def cmd_budget(a: argparse.Namespace) -> None:
     common = {"bf16": True, "dataloader_workers": a.workers, "save_steps": 500, "save_total_limit": 1, "logging_steps": 25,
                   "max_length": 1024, "seed": 0, "warmup_ratio": 0.03}
     train_stage(base, Path(a.data) / "train.json", work / "align", "align",
-                dict(common, learning_rate=a.align_lr, max_steps=a.align_steps, batch_size=a.batch, train_vision=True),
+                dict(common, learning_rate=a.align_lr, max_steps=a.align_steps, batch_size=a.batch,
+                     train_vision=not a.freeze_vision),
                 a.resume)
     train_stage(work / "align", mix, work / "instruct", "instruct",
                 dict(common, learning_rate=2e-4, max_steps=a.steps, batch_size=a.batch, grad_accum=1, lora=True,
@@ -195,9 +220,18 @@ def main() -> None:
     n.add_argument("--lr", type=float, default=1e-3), n.add_argument("--workers", type=int, default=14)
     n.add_argument("--resume", action="store_true"), n.add_argument("--init", default="")
     n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--vision", default="", help="a pretrained tower (cmd vision) instead of a random one")
+    n.add_argument("--freeze-vision", action="store_true")
+    v = sub.add_parser("vision")
+    v.add_argument("--work", required=True), v.add_argument("--out", required=True)
+    v.add_argument("--scenes", type=int, default=120000), v.add_argument("--steps", type=int, default=4000)
+    v.add_argument("--batch", type=int, default=256), v.add_argument("--lr", type=float, default=1e-3)
+    v.add_argument("--workers", type=int, default=16), v.add_argument("--seed", type=int, default=0)
     b = sub.add_parser("budget")
     b.add_argument("--data", required=True), b.add_argument("--work", required=True)
-    b.add_argument("--nano", required=True)
+    b.add_argument("--nano", default="", help="take the tower from this nano model ...")
+    b.add_argument("--vision", default="", help="... or use this pretrained tower (cmd vision)")
+    b.add_argument("--freeze-vision", action="store_true", help="align trains the projector only")
     b.add_argument("--align-steps", type=int, default=600), b.add_argument("--steps", type=int, default=2000)
     b.add_argument("--batch", type=int, default=64), b.add_argument("--lora-r", type=int, default=16)
     b.add_argument("--workers", type=int, default=14), b.add_argument("--resume", action="store_true")
@@ -210,7 +244,7 @@ def main() -> None:
     p = sub.add_parser("parts")
     p.add_argument("--work", required=True), p.add_argument("--out", required=True)
     a = ap.parse_args()
-    {"nano": cmd_nano, "budget": cmd_budget, "eval": cmd_eval, "parts": cmd_parts}[a.cmd](a)
+    {"vision": cmd_vision, "nano": cmd_nano, "budget": cmd_budget, "eval": cmd_eval, "parts": cmd_parts}[a.cmd](a)
 
 
 if __name__ == "__main__":

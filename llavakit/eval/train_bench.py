@@ -19,6 +19,10 @@ Design decisions:
   and ``LlavakitTrainer``.
 * Timing: a callback records the wall time of each optimizer step (cuda-synchronised);
   the first ``warmup`` steps (compile, allocator) are dropped.
+* Scaling (``--only llavakit --model DIR`` under ``torchrun`` or ``accelerate launch``): each
+  process trains ``batch`` samples a step (DDP, or FSDP when launched with accelerate's FSDP
+  flags); samples/s counts all processes, so N GPUs vs 1 is a scaling efficiency. Only rank 0
+  writes and prints; the model is built beforehand (``--build-only``), never by racing ranks.
 * MFU = model FLOPs/s / measured peak bf16 matmul FLOPs/s (an 8192^3 bf16 matmul timed in
   the same run). Model FLOPs per sample (``model_flops_per_sample``) = 6 * N_lm * T (forward +
   backward of every LM matmul weight incl. lm_head, full fine-tuning; the embedding lookup
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -181,8 +186,11 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
     times = timer.times[args.warmup:] or timer.times
     step_s = sum(times) / len(times)
     flops = model_flops_per_sample(trainer.model if kind == "baseline" else model, args.seq, args.n_img)
-    result = {"kind": kind, "step_s": step_s, "samples_s": args.batch / step_s,
-              "tokens_s": args.batch * args.seq / step_s, "model_flops_s": flops * args.batch / step_s,
+    world = trainer.args.world_size  # samples per step = per-device batch x processes
+    result = {"kind": kind, "world_size": world, "distributed": str(trainer.accelerator.distributed_type.value),
+              "step_s": step_s, "samples_s": args.batch * world / step_s,
+              "tokens_s": args.batch * world * args.seq / step_s,
+              "model_flops_s": flops * args.batch * world / step_s,
               "losses": timer.losses, "max_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
     del trainer, model
     if cuda:
@@ -202,21 +210,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--optim", default=None, help="experiment: override llavakit's optimizer (adamw_torch_fused)")
+    ap.add_argument("--only", choices=("baseline", "llavakit"), default=None, help="run one trainer (scaling runs)")
+    ap.add_argument("--model", default=None, help="an already built model dir (required with several processes)")
+    ap.add_argument("--build-only", action="store_true", help="build the model into OUT/model and stop")
     args = ap.parse_args(argv)
     if args.tiny:
         args.seq = min(args.seq, 48)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model_dir = build_model(out, args.tiny)
+    model_dir = Path(args.model) if args.model else build_model(out, args.tiny)
+    if args.build_only:
+        return {"model": str(model_dir)}
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
     cfg = json.loads((model_dir / "config.json").read_text())
     vc, tc = cfg["vision_config"], cfg["text_config"]
     args.n_img = (vc["image_size"] // vc["patch_size"]) ** 2
-    data = SyntheticLlava(args.batch * (args.steps + 1), args.seq, args.n_img,
+    data = SyntheticLlava(args.batch * world * (args.steps + 1), args.seq, args.n_img,
                           cfg.get("image_token_id", cfg.get("image_token_index")), tc["vocab_size"], vc["image_size"])
     peak = peak_bf16_flops(args.tiny)
-    results = [run_one(k, model_dir, data, args, out) for k in ("baseline", "llavakit")]
+    kinds = (args.only,) if args.only else ("baseline", "llavakit")
+    results = [run_one(k, model_dir, data, args, out) for k in kinds]
     for r in results:
-        r["mfu"] = r["model_flops_s"] / peak
+        r["mfu"] = r["model_flops_s"] / (peak * r["world_size"])  # per GPU
+    if args.only:
+        report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                  "torch": torch.__version__, "peak_bf16_tflops": peak / 1e12, "args": vars(args),
+                  "results": results}
+        if rank0:
+            (out / "train_bench.json").write_text(json.dumps(report, indent=1))
+            r = results[0]
+            print(f"{r['kind']} x{r['world_size']} ({r['distributed']}): step {r['step_s'] * 1e3:.1f} ms  "
+                  f"{r['samples_s']:.2f} samples/s  MFU/GPU {100 * r['mfu']:.1f}%  loss {r['losses'][-1:]}")
+        return report
     base, kit = results
     n = min(len(base["losses"]), len(kit["losses"]))
     report = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

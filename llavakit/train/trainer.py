@@ -142,7 +142,8 @@ def train(job: TrainJob) -> TrainResult:
     if trainer.is_world_process_zero():
         record = {"stage": recipe.stage, "base_model": str(Path(job.model).resolve()), "data": str(job.data),
                   "steps": trainer.state.global_step, "train_loss": output.training_loss, "final_loss": final_loss,
-                  "samples": n_samples, "world_size": trainer.args.world_size, "lora": recipe.lora,
+                  "samples": n_samples, "world_size": trainer.args.world_size,
+                  "distributed": str(trainer.accelerator.distributed_type.value), "lora": recipe.lora,
                   "merged": merged,
                   "resumed_from": str(resume_from) if resume_from else None,
                   "versions": {"torch": torch.__version__, "transformers": _version("transformers"),

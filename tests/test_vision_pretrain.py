@@ -15,6 +15,7 @@ from llavakit.train.vision_pretrain import (
     NONE_WORD,
     PretrainConfig,
     normalise,
+    permute_colors,
     pretrain_vision,
     render_scenes,
     scene_labels,
@@ -70,7 +71,7 @@ def test_pretrain_learns_and_saves_a_plain_clip_tower(parts, tmp_path):
                               eval_set=(images[:32], {k: v[:32] for k, v in labels.items()}))
     losses = [row["loss"] for row in summary["curve"]]
     assert losses[-1] < losses[0]
-    assert set(summary["accuracy"]) == {"color", "shape", "word", "counts"}
+    assert set(summary["accuracy"]) == {"color", "shape", "word", "counts", "pos"}
     tower = CLIPVisionModel.from_pretrained(tmp_path / "tower")  # heads are not part of the saved model
     assert not any("head" in k for k in tower.state_dict())
     assert (tmp_path / "tower" / "vision_pretrain.json").is_file()
@@ -82,3 +83,13 @@ def test_wrong_image_size_is_a_clear_error(parts, tmp_path):
     images, labels = render_scenes(4, size=48, grid=3)
     with pytest.raises(LlavakitError, match="do not match the tower"):
         pretrain_vision(parts("vision", "clip"), tmp_path / "t", images, labels, PretrainConfig(steps=1), device="cpu")
+
+
+def test_permute_colors_swaps_channels_and_marks_those_images():
+    images = torch.randint(0, 256, (64, 8, 8, 3), dtype=torch.uint8)
+    out, ok = permute_colors(images, 0.5, torch.Generator().manual_seed(0))
+    assert 0 < ok.sum() < 64
+    assert torch.equal(out[ok], images[ok])
+    for a, b in zip(out[~ok], images[~ok]):
+        assert not torch.equal(a, b) or len(set(b.flatten().tolist())) == 1
+        assert sorted(a.flatten().tolist()) == sorted(b.flatten().tolist())  # same values, channels moved

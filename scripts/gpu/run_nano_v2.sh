@@ -10,7 +10,7 @@ W=/root/h4; mkdir -p $W; OUT=${OUT:-/tmp/out}
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site
 [ -f .carry/p1/gguf.part1 ] && cp .carry/p1/gguf.part1 $W/
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
-NTRAIN=${NTRAIN:-80000}; STEPS=${STEPS:-4000}; BUDGET_S=${BUDGET_S:-560}
+NTRAIN=${NTRAIN:-80000}; STEPS=${STEPS:-4000}; BUDGET_S=${BUDGET_S:-570}
 if [ ! -f $W/vision/config.json ]; then
   python3 scripts/gpu/train_defaults.py vision --work $W/work --out $W/vision --scenes ${VSCENES:-120000} \
     --steps ${VSTEPS:-4000} --batch ${VBATCH:-256} --lr ${VLR:-1e-3} --workers 16 > $W/vision_log.txt 2>&1 &

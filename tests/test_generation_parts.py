@@ -30,6 +30,13 @@ def test_multibyte_characters_are_never_split():
     assert all("\ufffd" not in p for p in pieces)
 
 
+def test_cut_inside_a_character_ends_text_and_pieces_alike():
+    stream = TextStream(decode)
+    pieces = [stream.push(b) for b in "ok 😀".encode("utf-8")[:-1]]  # max tokens hit mid-emoji
+    pieces.append(stream.flush())
+    assert "".join(pieces) == stream.text == "ok "
+
+
 def test_stop_string_split_over_tokens_is_never_shown():
     pieces, stream = _run("abc STOP def", stop=["STOP"])
     assert "".join(pieces) == "abc " == stream.text and stream.stopped

@@ -43,8 +43,13 @@ class TextStream:
         return self._take(safe)
 
     def flush(self) -> str:
-        """Generation ended: release whatever was held back (minus an unfinished character)."""
-        return self._take(len(self.text.rstrip("\ufffd")))
+        """Generation ended: release whatever was held back, minus an unfinished character.
+
+        A generation cut by max_new_tokens can end inside a multi-byte character; its
+        U+FFFD is dropped from ``text`` too, so the final text equals the streamed pieces.
+        """
+        self.text = self.text.rstrip("\ufffd")
+        return self._take(len(self.text))
 
     def _take(self, upto: int) -> str:
         if upto <= self._emitted:

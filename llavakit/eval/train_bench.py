@@ -180,6 +180,8 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
         targs.save_strategy = "no"
         if args.optim:  # experiment: a lever not (yet) in the recipe, e.g. adamw_torch_fused
             targs.optim = args.optim
+        if args.liger:  # experiment: Liger's Triton kernels (fused linear+CE, RMSNorm, SwiGLU, RoPE)
+            targs.use_liger_kernel = True
         trainer = LlavakitTrainer(model=model, args=targs, train_dataset=data, data_collator=pad_collate,
                                   callbacks=[timer])
     trainer.train()
@@ -210,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--optim", default=None, help="experiment: override llavakit's optimizer (adamw_torch_fused)")
+    ap.add_argument("--liger", action="store_true", help="experiment: llavakit side with Liger kernels")
     ap.add_argument("--only", choices=("baseline", "llavakit"), default=None, help="run one trainer (scaling runs)")
     ap.add_argument("--model", default=None, help="an already built model dir (required with several processes)")
     ap.add_argument("--build-only", action="store_true", help="build the model into OUT/model and stop")

@@ -1,4 +1,9 @@
-"""``llavakit upcycle`` and ``llavakit convert-moe``: MoE-LLaVA commands (thin; logic in checkpoints/)."""
+"""``llavakit upcycle`` and ``llavakit convert moe-llava``: MoE-LLaVA commands (thin; logic in checkpoints/).
+
+``convert`` is a command group so other released formats can join it later
+(``llavakit convert <format> SRC --out DIR``); ``convert-moe`` is kept as a
+hidden alias of ``convert moe-llava`` for scripts written before the group.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,10 @@ from typing import Annotated
 import typer
 
 from llavakit.cli import app, err, friendly_errors, out
+
+convert_app = typer.Typer(help="Convert released checkpoints of other projects into llavakit's format.",
+                          no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
 
 
 @app.command()
@@ -32,12 +41,13 @@ def upcycle(
     out.print(f"wrote {path}")
 
 
-@app.command("convert-moe")
+@convert_app.command("moe-llava")
 @friendly_errors
 def convert_moe(
     src: Annotated[str, typer.Argument(help="Released MoE-LLaVA (Phi2 / StableLM / Qwen): directory or hub id.")],
-    vision: Annotated[str, typer.Option(help="Its CLIP vision tower (config's mm_image_tower): directory or hub id.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the llavakit MoE-LLaVA to.")],
+    vision: Annotated[str | None, typer.Option(
+        help="Its CLIP vision tower: directory or hub id (default: the config's mm_image_tower).")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="HF-format tokenizer of the LM, if SRC has none.")] = None,
     force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
 ) -> None:
@@ -47,3 +57,6 @@ def convert_moe(
     with err.status("converting..."):
         path = convert_moe_llava(src, vision, out_dir, tokenizer=tokenizer, force=force)
     out.print(f"wrote {path}")
+
+
+app.command("convert-moe", hidden=True)(convert_moe)  # the pre-group spelling, kept for old scripts

@@ -4,14 +4,17 @@ routing computed from the raw reference tensors with each family's own FFN formu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText
 
@@ -216,13 +219,69 @@ def test_convert_refuses_what_it_cannot_reproduce(parts, tmp_path: Path) -> None
     assert not any((tmp_path / n).exists() for n in "abc")
 
 
-def test_cli_convert_moe(parts, tmp_path: Path) -> None:
+def test_cli_convert_moe_llava(parts, tmp_path: Path) -> None:
     src, _ = write_reference(tmp_path, "phi")
+    vision = str(parts("vision", "clip"))
     cli = str(Path(sys.executable).with_name("llavakit"))
-    done = subprocess.run([cli, "convert-moe", str(src), "--vision", str(parts("vision", "clip")), "--out",
-                           str(tmp_path / "o")], capture_output=True, text=True, check=False)
+    done = subprocess.run([cli, "convert", "moe-llava", str(src), "--vision", vision, "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "o" / "config.json").read_text())["model_type"] == "moe_llava"
-    again = subprocess.run([cli, "convert-moe", str(src), "--vision", str(parts("vision", "clip")), "--out",
-                            str(tmp_path / "o")], capture_output=True, text=True, check=False)
+    again = subprocess.run([cli, "convert-moe", str(src), "--vision", vision, "--out", str(tmp_path / "o")],
+                           capture_output=True, text=True, check=False)  # the hidden pre-group alias
     assert again.returncode == 2 and "already exists" in again.stderr
+    listed = subprocess.run([cli, "--help"], capture_output=True, text=True, check=False).stdout
+    assert "convert" in listed and "convert-moe" not in listed
+
+
+def test_vision_tower_defaults_to_config(parts, tmp_path: Path) -> None:
+    src, _ = write_reference(tmp_path, "stablelm")
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "mm_image_tower": str(parts("vision", "clip"))}))
+    out = convert_moe_llava(src, None, tmp_path / "o")
+    assert json.loads((out / "llavakit_convert.json").read_text())["mm_image_tower"] == str(parts("vision", "clip"))
+    del config["mm_image_tower"]
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BuildError, match="no mm_image_tower; pass the CLIP tower with --vision"):
+        convert_moe_llava(src, None, tmp_path / "p")
+
+
+def test_pad_to_square_same_pixels_in_torch_and_the_engine(parts, tmp_path: Path) -> None:
+    """The converted processor pads (image_aspect_ratio: pad); the engine's NumPy path gives the same bits."""
+    from transformers import AutoProcessor
+
+    from llavakit.runtime.image_processing import ImageProcessor
+
+    src, _ = write_reference(tmp_path, "stablelm")
+    out = convert_moe_llava(src, parts("vision", "clip"), tmp_path / "ours")
+    torch_proc = AutoProcessor.from_pretrained(out).image_processor
+    engine_proc = ImageProcessor.from_pretrained(out)
+    assert engine_proc.do_pad
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 52, 3), dtype=np.uint8))  # 52 x 20
+    pixels = engine_proc(wide)  # (1, 3, S, S)
+    np.testing.assert_array_equal(pixels, torch_proc(wide, return_tensors="np")["pixel_values"])
+    mean, std = np.asarray(engine_proc.image_mean), np.asarray(engine_proc.image_std)
+    band = (np.floor(mean * 255) / 255 - mean) / std  # the mean colour, normalised
+    np.testing.assert_allclose(pixels[0, :, 0, :], np.broadcast_to(band[:, None], pixels[0, :, 0, :].shape),
+                               atol=1e-5)  # top row: padding, not picture
+    unpadded = dataclasses.replace(engine_proc, do_pad=False)(wide)
+    assert not np.allclose(unpadded, pixels)  # without the pad, the sides are cropped away instead
+
+
+def test_converted_model_on_openvino_equals_torch(parts, tmp_path: Path) -> None:
+    """Released layout → convert → export → our engine: same greedy tokens and expert usage as torch."""
+    from llavakit import Pipeline
+    from llavakit.export.compress import CompressionOptions
+    from llavakit.export.exporter import export_openvino
+
+    src, _ = write_reference(tmp_path, "phi")
+    out = convert_moe_llava(src, parts("vision", "clip"), tmp_path / "ours")
+    ov_dir = export_openvino(out, tmp_path / "ov", CompressionOptions(weights="fp32", vision="fp32",
+                                                                      text_embeddings="fp32"), show_progress=False)
+    tall = Image.fromarray(np.random.default_rng(1).integers(0, 256, (45, 16, 3), dtype=np.uint8))  # 16 x 45
+    torch_pipe, ov_pipe = Pipeline(out, backend="torch"), Pipeline(ov_dir, precise=True)
+    a = torch_pipe.generate("What is it?", images=[tall], max_new_tokens=8, ignore_eos=True)
+    b = ov_pipe.generate("What is it?", images=[tall], max_new_tokens=8, ignore_eos=True)
+    assert a.token_ids == b.token_ids
+    assert b.metrics.expert_usage == a.metrics.expert_usage
+    assert sum(b.metrics.expert_usage[0]) == 2 * (b.metrics.prompt_tokens + 7)  # top-2 per computed position

@@ -22,12 +22,14 @@ The reference layouts (PKU-YuanGroup/MoE-LLaVA, confirmed in its model files):
 - Projector ``mm_projector.image_spatial_proj.{0,2}`` (mlp2x_gelu) →
   ``multi_modal_projector.linear_{1,2}``; a stored tower
   ``image_tower.image_tower.<CLIP names>`` → ``vision_tower.<CLIP names>``.
-  The hub checkpoints name the tower (``mm_image_tower``), so without a hub
-  the tower is given as a local directory (``--vision``).
+  The hub checkpoints name the tower (``mm_image_tower``, e.g.
+  openai/clip-vit-large-patch14-336); it is fetched from there unless a local
+  directory is given (``--vision``), which is the only way without a hub.
 
 Preprocessing keeps the original's ``image_aspect_ratio: pad`` (pad to a square
 with the mean colour, then CLIP's resize/crop) through transformers'
-``LlavaImageProcessor(do_pad=True)``; the chat template is the reference's
+``LlavaImageProcessor(do_pad=True)``, which the OpenVINO export copies and the
+engine's NumPy preprocessing reproduces bit for bit (``runtime/image_processing``); the chat template is the reference's
 phi/stablelm/qwen conversation ("A chat between a curious user and an
 artificial intelligence assistant. …", USER/ASSISTANT, the LM's end token).
 """
@@ -190,9 +192,12 @@ def read_state_dict(src: Path) -> dict[str, torch.Tensor]:
     return {k: v for f in files for k, v in torch.load(f, map_location="cpu", weights_only=True).items()}
 
 
-def convert_moe_llava(src: str | Path, vision: str | Path, out: str | Path, tokenizer: str | Path | None = None,
-                      force: bool = False) -> Path:
-    """Convert a released MoE-LLaVA directory ``src`` (with CLIP tower dir ``vision``) to ``out``."""
+def convert_moe_llava(src: str | Path, vision: str | Path | None, out: str | Path,
+                      tokenizer: str | Path | None = None, force: bool = False) -> Path:
+    """Convert a released MoE-LLaVA directory ``src`` to ``out``.
+
+    ``vision``: the CLIP tower's directory or hub id; None takes the config's ``mm_image_tower``.
+    """
     from transformers import (
         AutoTokenizer,
         CLIPVisionModel,
@@ -216,6 +221,9 @@ def convert_moe_llava(src: str | Path, vision: str | Path, out: str | Path, toke
     ref = json.loads((src / "config.json").read_text())
     variant = variant_of(ref)
     check_multimodal(ref)
+    vision = vision or ref.get("mm_image_tower")
+    if not vision:
+        raise BuildError(f"{src}/config.json names no mm_image_tower; pass the CLIP tower with --vision")
     vision_dir = resolve_source(vision, "vision tower")
     tower, strategy, extra = _load_vision(vision_dir)
     if not isinstance(tower, CLIPVisionModel):

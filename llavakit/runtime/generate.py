@@ -138,5 +138,6 @@ def _run(backend: Backend, prepared: Any, cfg: GenerationConfig, n_prompt: int, 
             cached_tokens=getattr(backend, "cached_tokens", 0),
             image_encode_s=getattr(backend, "image_encode_s", 0.0),
             peak_rss_mb=peak_rss_mb(),
+            expert_usage=backend.expert_usage() if hasattr(backend, "expert_usage") else None,
         ),
     ))

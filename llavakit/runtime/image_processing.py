@@ -10,6 +10,11 @@ keys they save, step for step and in the same number types, so the result is
 bit-identical to their ``pixel_values``:
 
 1. convert to RGB (transparency composited onto white);
+1b. ``LlavaImageProcessor`` with ``do_pad`` only (LLaVA-1.5's and MoE-LLaVA's
+   ``image_aspect_ratio: pad``): pad the uint8 image to a square of its long
+   edge, centred (offset ``(long - short) // 2``), filled with the colour
+   ``int(mean * 255)`` per channel, so the resize and crop that follow keep the
+   whole picture instead of cutting its sides off;
 2. resize the uint8 image with PIL (``Image.resize``, the configured filter):
    either the shortest edge to ``size["shortest_edge"]`` keeping the aspect ratio
    (long edge *truncated*: ``int(short_target * long / short)``), or exactly to
@@ -24,8 +29,8 @@ is the torchvision backend, which resizes with torch kernels and is *not*
 bit-identical to PIL; without torchvision (llavakit's install) it falls back to
 the PIL backend reproduced here.
 
-Only the image processors of LLaVA-1.5-style checkpoints are supported (CLIP and
-SigLIP); anything else (e.g. LLaVA-NeXT's any-resolution tiling) is refused with
+Only the image processors of LLaVA-1.5-style checkpoints are supported (CLIP,
+SigLIP, and LLaVA's own CLIP-like processor with its pad-to-square); anything else (e.g. LLaVA-NeXT's any-resolution tiling) is refused with
 a :class:`~llavakit.errors.ModelLoadError` rather than processed wrongly.
 """
 
@@ -73,7 +78,8 @@ _SIGLIP_DEFAULTS: dict[str, Any] = {
     "image_mean": (0.5, 0.5, 0.5),
     "image_std": (0.5, 0.5, 0.5),
 }
-_DEFAULTS_BY_FAMILY = {"CLIP": _CLIP_DEFAULTS, "Siglip": _SIGLIP_DEFAULTS}
+_LLAVA_DEFAULTS: dict[str, Any] = {**_CLIP_DEFAULTS, "do_pad": False}  # LlavaImageProcessor: CLIP's + pad
+_DEFAULTS_BY_FAMILY = {"CLIP": _CLIP_DEFAULTS, "Siglip": _SIGLIP_DEFAULTS, "Llava": _LLAVA_DEFAULTS}
 
 
 def load_processor_config(model_dir: Path) -> dict[str, Any]:
@@ -111,7 +117,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _family(cfg: dict[str, Any]) -> str:
-    """'CLIP' or 'Siglip' from the saved class name (any backend suffix, or the old FeatureExtractor name)."""
+    """'CLIP', 'Siglip' or 'Llava' from the saved class name (any backend suffix, or the old FeatureExtractor name)."""
     name = cfg.get("image_processor_type") or cfg.get("feature_extractor_type") or ""
     for family in _DEFAULTS_BY_FAMILY:
         if name in (f"{family}ImageProcessor", f"{family}ImageProcessorPil", f"{family}ImageProcessorFast",
@@ -119,7 +125,7 @@ def _family(cfg: dict[str, Any]) -> str:
             return family
     raise ModelLoadError(
         f"unsupported image processor {name or '(none named)'!r}: llavakit's image preprocessing "
-        "handles CLIPImageProcessor and SiglipImageProcessor"
+        "handles CLIPImageProcessor, SiglipImageProcessor and LlavaImageProcessor"
     )
 
 
@@ -159,6 +165,7 @@ class ImageProcessor:
     """
 
     do_convert_rgb: bool = True
+    do_pad: bool = False  # pad to a square with the mean colour first (LlavaImageProcessor only)
     do_resize: bool = True
     shortest_edge: int | None = 224
     resize_hw: tuple[int, int] | None = None
@@ -178,7 +185,8 @@ class ImageProcessor:
         Keys that are missing or null take the defaults of the transformers class
         named by ``image_processor_type``, exactly as transformers does.
         """
-        defaults = _DEFAULTS_BY_FAMILY[_family(cfg)]
+        family = _family(cfg)
+        defaults = _DEFAULTS_BY_FAMILY[family]
 
         def get(key: str) -> Any:
             value = cfg.get(key)
@@ -202,6 +210,7 @@ class ImageProcessor:
             raise ModelLoadError(f"image processor resample {resample!r} is not a PIL resampling filter")
         return cls(
             do_convert_rgb=bool(get("do_convert_rgb")),
+            do_pad=family == "Llava" and bool(get("do_pad")),
             do_resize=do_resize,
             shortest_edge=shortest_edge,
             resize_hw=resize_hw,
@@ -239,6 +248,8 @@ class ImageProcessor:
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One image to a float32 ``(3, H, W)`` array."""
         image = self._to_rgb(image)
+        if self.do_pad:
+            image = self.pad_to_square(image)
         if self.do_resize:
             height, width = self.resize_output_size(image.height, image.width)
             image = image.resize((width, height), resample=self.resample)  # PIL takes (width, height)
@@ -266,6 +277,21 @@ class ImageProcessor:
         # transformers' get_resize_output_image_size: the long edge is truncated, not rounded.
         new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)
         return (new_long, new_short) if width <= height else (new_short, new_long)
+
+    def pad_to_square(self, image: Image.Image) -> Image.Image:
+        """The image centred on a square of its long edge, the rest filled with the mean colour.
+
+        transformers' ``LlavaImageProcessor.pad_to_square`` on the uint8 pixels:
+        fill ``int(mean * 255)`` (truncated), image at offset ``(long - short) // 2``.
+        """
+        if image.width == image.height:
+            return image
+        side = max(image.width, image.height)
+        fill = np.asarray([int(m * 255) for m in self.image_mean], dtype=np.uint8)  # (3,)
+        canvas = np.broadcast_to(fill, (side, side, 3)).copy()  # uint8 (S, S, 3)
+        top, left = (side - image.height) // 2, (side - image.width) // 2
+        canvas[top : top + image.height, left : left + image.width] = np.asarray(image)  # (H, W, 3)
+        return Image.fromarray(canvas)
 
     def _to_rgb(self, image: Image.Image) -> Image.Image:
         """transformers' ``convert_to_rgb``: transparency (alpha band or a tRNS colour) goes over white."""

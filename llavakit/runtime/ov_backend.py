@@ -39,6 +39,7 @@ from llavakit.errors import LlavakitError, ModelLoadError, PromptError
 from llavakit.export import layout
 from llavakit.runtime.chat_render import ChatRenderer
 from llavakit.runtime.image_processing import ImageProcessor
+from llavakit.runtime.moe_usage import ExpertUsage
 from llavakit.runtime.types import union_of_ids
 
 #: OpenVINO settings that make CPU results match transformers' fp32 (tests, parity checks).
@@ -80,6 +81,7 @@ class OpenVINOBackend:
         props = {**(PRECISE if precise else {}), **(properties or {})}
         compile_ = lambda name, extra=None: core.compile_model(model_dir / name, self.device, {**props, **(extra or {})})  # noqa: E731
         language_model = keep_last_logits(core.read_model(model_dir / layout.LANGUAGE_MODEL))
+        self._experts = ExpertUsage.attach(language_model, model_dir)  # MoE: router outputs for usage stats
         self._lm = core.compile_model(language_model, self.device, props).create_infer_request()
         self._vision = compile_(layout.VISION_EMBEDDINGS)
         self._text = compile_(layout.TEXT_EMBEDDINGS)
@@ -167,6 +169,8 @@ class OpenVINOBackend:
         keep = _common_prefix(self._state_keys, keys, limit=len(keys) - 1)
         self._trim_state(keep)
         self.cached_tokens = keep
+        if self._experts is not None:
+            self._experts.reset()  # expert usage is counted per generation
         embeds = self._embed(prepared, keep)  # (1, T_new, D)
         logits = self._run(embeds, start=keep)
         self._state_keys = list(keys)
@@ -186,7 +190,13 @@ class OpenVINOBackend:
             "position_ids": np.arange(start, start + length, dtype=np.int64)[None],
             "beam_idx": np.zeros(1, dtype=np.int32),
         })
+        if self._experts is not None:
+            self._experts.collect(self._lm)
         return self._lm.get_tensor("logits").data[0, -1].copy()  # (V,)
+
+    def expert_usage(self) -> dict[int, list[int]] | None:
+        """MoE exports: layer → how many token assignments each expert got in the last generation."""
+        return self._experts.counts() if self._experts is not None else None
 
     def _embed(self, prepared: OVPrompt, start: int) -> np.ndarray:
         """Embeddings of positions ``start:`` — text via the embedding model, images via cached features."""
@@ -250,6 +260,7 @@ class OpenVINOBackend:
                 setattr(twin, attr, OwnRequest(value))
         twin._state_keys, twin._features = [], OrderedDict()
         twin.cached_tokens, twin.image_encode_s = 0, 0.0
+        twin._experts = self._experts.fresh() if self._experts is not None else None
         return twin
 
 

@@ -52,6 +52,8 @@ class Metrics:
     decode_tokens_per_s: float = 0.0
     total_s: float = 0.0
     peak_rss_mb: float = 0.0  # the process's peak resident memory so far
+    # MoE models: decoder layer → token assignments per expert in this generation (top-k per computed position)
+    expert_usage: dict[int, list[int]] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)

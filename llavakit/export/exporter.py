@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from llavakit.checkpoints.atomic import atomic_directory
 from llavakit.checkpoints.resolve import resolve_source
 from llavakit.errors import LlavakitError, ModelLoadError
-from llavakit.export import layout, llava_next
+from llavakit.export import layout, llava_next, lora
 from llavakit.export.calibration import calibration_pixel_values, language_model_calibration
 from llavakit.export.compress import (
     CompressionOptions,
@@ -53,12 +54,19 @@ def export_openvino(
     force: bool = False,
     show_progress: bool = True,
     lm_gguf: str | None = None,
+    lora_slots: bool = False,
+    lora_targets: Sequence[str] | None = None,
 ) -> Path:
     """Export ``model`` to ``out`` and return ``out``; ``options.weights`` picks fp32/fp16/int8/int4.
 
     ``lm_gguf`` (e.g. "q4_k_m") also writes the LM as a llama.cpp GGUF for the llamacpp backend (``lm_gguf.py``).
+    ``lora_slots`` adds runtime LoRA inputs (``export/lora.py``; ``lora_targets`` narrows them to Linears
+    with those names): PEFT adapters then switch per request without recompiling.
     """
     options = options or CompressionOptions()
+    if lora_slots and options.vision == "int8":
+        raise LlavakitError("--lora-slots cannot go with vision='int8' (activation quantization would quantize the "
+                            "projector's LoRA inputs): use --vision int8_weights, fp16 or fp32")
     if lm_gguf is not None:
         from llavakit.export.lm_gguf import check_gguf_type
 
@@ -75,13 +83,18 @@ def export_openvino(
         llava_next.refuse_data_aware(options)
         pixels = llava_next.tile_batches(pixels)
     lm_data = language_model_calibration(hf_model, processor, pixels) if options.data_aware else None
+    lm_lora = lora.lm_slots(hf_model, lora_targets) if lora_slots else None
+    vision_lora = lora.projector_slots(hf_model) if lora_slots else None
+    if lm_lora is not None and lm_data:
+        lm_data = [{**item, **lora.empty_factors(lm_lora)} for item in lm_data]  # rank 0: the base model
     steps = [
         ("vision embeddings", "vision", layout.VISION_EMBEDDINGS,
-         lambda: quantize_vision(convert_vision(hf_model), options, pixels if options.vision == "int8" else None)),
+         lambda: quantize_vision(convert_vision(hf_model, vision_lora), options,
+                                 pixels if options.vision == "int8" else None)),
         ("text embeddings", "text_embeddings", layout.TEXT_EMBEDDINGS,
          lambda: compress_text_embeddings(convert_text_embeddings(hf_model), options)),
         ("language model", "language", layout.LANGUAGE_MODEL,
-         lambda: compress_language_model(convert_language_model(hf_model), options, lm_data)),
+         lambda: compress_language_model(convert_language_model(hf_model, lm_lora), options, lm_data)),
     ]
     with atomic_directory(out) as tmp, _progress(show_progress) as progress:
         task = progress.add_task("export", total=len(steps) + 1)
@@ -109,6 +122,8 @@ def export_openvino(
         _write_configs(source, processor, tmp)
         if llava_next.is_llava_next(hf_model):
             llava_next.write_image_newline(hf_model, tmp)
+        if lm_lora is not None:
+            lora.write_manifest(tmp, lm_lora, vision_lora)
         report["parts"]["tokenizer"] = {"file": layout.TOKENIZER, "seconds": round(time.perf_counter() - start, 2)}
         (tmp / layout.EXPORT_REPORT).write_text(json.dumps(report, indent=2) + "\n")
         progress.advance(task)

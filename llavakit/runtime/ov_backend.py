@@ -17,6 +17,10 @@ Reuse, the feature that makes chat fast:
 
 The result must equal a from-scratch run: tests compare turn 2 with reuse
 against the same conversation prefilled from nothing.
+
+LoRA (``runtime/lora.py``): an export with LoRA slots takes each request's adapter
+mix as input tensors bound to the infer requests; the KV prefix is reused only
+under the same mix, and image features are cached per projector-changing mix.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from llavakit.errors import LlavakitError, ModelLoadError, PromptError
 from llavakit.export import layout
 from llavakit.runtime.chat_render import ChatRenderer
 from llavakit.runtime.image_processing import ImageProcessor
+from llavakit.runtime.lora import MANIFEST as LORA_MANIFEST
+from llavakit.runtime.lora import AdapterSet, Mix
 from llavakit.runtime.moe_usage import ExpertUsage
 from llavakit.runtime.types import union_of_ids
 
@@ -55,6 +61,7 @@ class OVPrompt:
     images: list[np.ndarray]  # each (1, 3, H, W), in order
     digests: list[str]
     keys: list[Hashable] = field(default_factory=list)  # (T,) one per LM position, images expanded
+    adapter: Mix = ()  # the LoRA mix to run under (runtime/lora.py); () = the base model
 
 
 def pick_ov_device(core: ov.Core, device: str | None) -> str:
@@ -78,6 +85,7 @@ class OpenVINOBackend:
             raise ModelLoadError(f"{model_dir} is not a complete llavakit OpenVINO export (missing {layout.REQUIRED})")
         core = ov.Core()
         self.device = pick_ov_device(core, device)
+        self.model_dir = Path(model_dir)
         props = {**(PRECISE if precise else {}), **(properties or {})}
         compile_ = lambda name, extra=None: core.compile_model(model_dir / name, self.device, {**props, **(extra or {})})  # noqa: E731
         language_model = keep_last_logits(core.read_model(model_dir / layout.LANGUAGE_MODEL))
@@ -100,6 +108,45 @@ class OpenVINOBackend:
         self.image_encode_s = 0.0
         self.cached_tokens = 0
         self._per_image: int | None = None
+        self.lora = AdapterSet(model_dir, {}) if (model_dir / LORA_MANIFEST).is_file() else None
+        self._feature_caches: dict[Mix, OrderedDict[str, np.ndarray]] = {(): self._features}
+        self._bound: tuple[Mix, Mix] | None = None  # (mix, projector mix) bound to the requests
+        self._state_mix: Mix = ()  # the mix the KV state was computed under
+        if self.lora is not None:
+            if self.lora.vision_slots:
+                self._vision = OwnRequest(self._vision)  # its own request, holding the projector's factors
+            self.bind_adapter(())
+
+    # --- LoRA -------------------------------------------------------------------------------
+    def load_adapters(self, adapters: dict[str, str | Path]) -> None:
+        """Load PEFT adapters (name → directory) for per-request use; needs an export with LoRA slots."""
+        if self.lora is None:
+            AdapterSet(self.model_dir, adapters)  # raises: exported without LoRA slots
+        self.lora = AdapterSet(self.model_dir, adapters)
+        self._feature_caches, self._bound = {(): self._features}, None
+        self.bind_adapter(())
+
+    def adapter_names(self) -> list[str]:
+        return self.lora.names if getattr(self, "lora", None) else []
+
+    def bind_adapter(self, mix: Mix) -> None:
+        """Bind ``mix``'s factors to the LM (and, if it changes the projector, the vision) request."""
+        if self.lora is None:
+            if mix:
+                raise LlavakitError("this model has no adapters loaded (pass adapters= to Pipeline)")
+            return
+        projector = self.lora.projector_key(mix)
+        if self._bound is not None and self._bound[0] == mix:
+            return
+        factors = self.lora.factors(mix)
+        for name, array in factors.lm.items():
+            self._lm.set_tensor(name, ov.Tensor(array, shared_memory=True))
+        if factors.vision and (self._bound is None or self._bound[1] != projector):
+            request = self._vision._request
+            for name, array in factors.vision.items():
+                request.set_tensor(name, ov.Tensor(array, shared_memory=True))
+        self._features = self._feature_caches.setdefault(projector, OrderedDict())
+        self._bound = (mix, projector)
 
     def _load_image_processor(self, model_dir: Path) -> ImageProcessor | None:
         """The pixels-for-one-image step; subclasses with their own (LLaVA-NeXT tiles) return None."""
@@ -166,7 +213,11 @@ class OpenVINOBackend:
     # --- model ------------------------------------------------------------------------------
     def prefill(self, prepared: OVPrompt) -> np.ndarray:
         keys = prepared.keys
+        self.bind_adapter(prepared.adapter)
         keep = _common_prefix(self._state_keys, keys, limit=len(keys) - 1)
+        if prepared.adapter != self._state_mix:  # a prefix computed under another adapter is not ours
+            keep = 0
+            self._state_mix = prepared.adapter
         self._trim_state(keep)
         self.cached_tokens = keep
         if self._experts is not None:
@@ -261,6 +312,8 @@ class OpenVINOBackend:
         twin._state_keys, twin._features = [], OrderedDict()
         twin.cached_tokens, twin.image_encode_s = 0, 0.0
         twin._experts = self._experts.fresh() if self._experts is not None else None
+        twin._feature_caches, twin._bound, twin._state_mix = {(): twin._features}, None, ()
+        twin.bind_adapter(())  # the twin's new requests need their own factors
         return twin
 
 
@@ -272,6 +325,8 @@ class OwnRequest:
         self._request = self.compiled.create_infer_request()
 
     def __call__(self, inputs: object) -> ov.utils.data_helpers.OVDict:
+        if isinstance(inputs, np.ndarray) and len(self.compiled.inputs) > 1:  # other inputs (LoRA) are bound
+            inputs = {self.compiled.inputs[0].get_any_name(): inputs}
         return self._request.infer(inputs)
 
     def __getattr__(self, name: str) -> object:

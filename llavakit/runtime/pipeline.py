@@ -47,12 +47,15 @@ class Pipeline:
     ``draft`` (a ``llavakit export-draft`` directory) turns on speculative decoding on
     the OpenVINO engine: the draft proposes ``num_draft_tokens`` tokens per step
     (``draft_adaptive`` tunes that number), the model verifies them in one pass.
+    ``adapters`` ({name: PEFT adapter directory}) are LoRA adapters a call picks with
+    ``adapter="name"``, ``"name:0.5"`` or a mix ``{"a": 0.5, "b": 0.5}`` (``runtime/lora.py``);
+    on OpenVINO they need an export with ``--lora-slots``.
     """
 
     def __init__(self, model: str | Path, backend: str | None = None, device: str | None = None,
                  weights: str = "int4", precise: bool = False, properties: dict | None = None,
                  gguf: str | Path | None = None, draft: str | Path | None = None, num_draft_tokens: int = 4,
-                 draft_adaptive: bool = False) -> None:
+                 draft_adaptive: bool = False, adapters: dict[str, str | Path] | None = None) -> None:
         from llavakit.export.layout import is_exported
 
         self.speculative = None  # a SpeculativeDecoder when ``draft`` is given (runtime/speculative.py)
@@ -70,6 +73,7 @@ class Pipeline:
             from llavakit.runtime.torch_backend import TorchBackend  # torch only when asked for
 
             self.backend = TorchBackend(self.model_dir, device=device)
+            self._load_adapters(adapters)
             return
         if not exported:
             from llavakit.export.cache import ensure_exported  # exporting needs torch; running does not
@@ -84,6 +88,9 @@ class Pipeline:
         if self.backend_name == "llamacpp":
             from llavakit.runtime.llamacpp_backend import LlamaCppBackend
 
+            if adapters:
+                raise LlavakitError("the llamacpp backend does not apply LoRA adapters; use the openvino backend "
+                                    "on an export with --lora-slots")
             self.backend = LlamaCppBackend(self.model_dir, device=device, properties=properties, precise=precise,
                                            gguf=gguf)
             return
@@ -92,6 +99,9 @@ class Pipeline:
 
         engine = LlavaNextOpenVINOBackend if is_llava_next_export(self.model_dir) else OpenVINOBackend
         self.backend = engine(self.model_dir, device=device, properties=properties, precise=precise)
+        self._load_adapters(adapters)
+        if draft is not None and getattr(self.backend, "lora", None) is not None:
+            raise LlavakitError("speculative decoding (draft=) does not run on an export with LoRA slots yet")
         if draft is not None:
             from llavakit.runtime.speculative import SpeculativeDecoder
 
@@ -115,10 +125,28 @@ class Pipeline:
         messages = _system(system) + [{"role": "user", "content": user_content(prompt, len(loaded))}]
         return self.stream_messages(messages, loaded, **settings)
 
-    def stream_messages(self, messages: list[dict], images: list, **settings: Any) -> Generation:
-        """Run a whole conversation (list-of-parts messages) whose image parts ``images`` fill in order."""
+    def _load_adapters(self, adapters: dict[str, str | Path] | None) -> None:
+        if adapters:
+            self.backend.load_adapters({str(k): v for k, v in adapters.items()})
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the loaded LoRA adapters."""
+        names = getattr(self.backend, "adapter_names", None)
+        return names() if names else []
+
+    def stream_messages(self, messages: list[dict], images: list, adapter: Any = None,
+                        **settings: Any) -> Generation:
+        """Run a whole conversation (list-of-parts messages) whose image parts ``images`` fill in order.
+
+        ``adapter``: None (the base model), a loaded adapter's name, "name:alpha", or {name: weight}.
+        """
+        from llavakit.runtime.lora import parse_spec
+
+        mix = parse_spec(adapter, self.adapters)
         cfg = make_config(**settings)
         prepared = self.backend.prepare(messages, images)
+        prepared.adapter = mix
         if self.speculative is not None:
             generation = self.speculative.start(prepared, cfg)
         else:

@@ -27,6 +27,7 @@ class TorchPrompt:
     """Processor output for one conversation."""
 
     inputs: dict[str, torch.Tensor]
+    adapter: tuple = ()  # the LoRA mix (runtime/lora.py); () = the base model
 
 
 def pick_torch_device(device: str | None) -> torch.device:
@@ -63,6 +64,16 @@ class TorchBackend:
         self.max_context = int(getattr(text_config, "max_position_embeddings", 4096))
         self.eos_token_ids = union_of_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         self._cache: DynamicCache | None = None
+        self.lora = None  # runtime/lora.TorchAdapters once adapters are loaded
+
+    def load_adapters(self, adapters: dict[str, str | Path]) -> None:
+        """PEFT adapters (name → directory) for per-request use, as the OpenVINO engine takes them."""
+        from llavakit.runtime.lora import TorchAdapters
+
+        self.lora = TorchAdapters(self.model, adapters)
+
+    def adapter_names(self) -> list[str]:
+        return self.lora.names if self.lora else []
 
     def render(self, messages: list[dict]) -> str:
         """The prompt text the chat template makes of ``messages`` (ends with the assistant cue)."""
@@ -82,6 +93,8 @@ class TorchBackend:
     @torch.inference_mode()
     def prefill(self, prepared: TorchPrompt) -> np.ndarray:
         self._cache = DynamicCache(config=self.model.config.get_text_config())
+        if self.lora is not None:
+            self.lora.activate(prepared.adapter)
         if hasattr(self.model, "track_expert_usage"):  # MoE: count expert use per generation
             self.model.track_expert_usage(True)
         out = self.model(**prepared.inputs, past_key_values=self._cache, use_cache=True, logits_to_keep=1)

@@ -96,7 +96,9 @@ def export(
     all_layers: Annotated[bool, typer.Option(help="Also compress embeddings and LM head to INT4.")] = False,
     awq: Annotated[bool, typer.Option(help="Activation-aware INT4 (uses calibration data).")] = False,
     scale_estimation: Annotated[bool, typer.Option(help="Scale estimation (uses calibration data).")] = False,
-    vision: Annotated[str, typer.Option(help="Vision encoder: int8 (PTQ), int8_weights, fp16 or fp32.")] = "int8",
+    vision: Annotated[Optional[str], typer.Option(
+        help="Vision encoder: int8 (PTQ; the default), int8_weights (the default with --lora-slots), fp16 or fp32.")
+    ] = None,
     text_embeddings: Annotated[str, typer.Option(help="Text embeddings: int8, fp16 or fp32.")] = "int8",
     calibration: Annotated[
         Optional[str], typer.Option(help="Folder of images or LLaVA JSON for calibration (default: synthetic).")
@@ -107,6 +109,12 @@ def export(
                                          "for --backend llamacpp; needs llama-cpp-python.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace the output directory if it exists.")] = False,
+    lora_slots: Annotated[bool, typer.Option(
+        help="Add runtime LoRA inputs so PEFT adapters switch per request (Pipeline adapters=, serve "
+             "--adapter); such an export is not loadable by openvino_genai.VLMPipeline.")] = False,
+    lora_targets: Annotated[Optional[str], typer.Option(
+        help="With --lora-slots: only these LM Linears, comma-separated (e.g. q_proj,v_proj); default all.")
+    ] = None,
 ) -> None:
     """Export to OpenVINO (GenAI layout) and compress with NNCF: INT4 LM, INT8 vision by default."""
     import logging
@@ -117,11 +125,13 @@ def export(
     from llavakit.export.exporter import export_openvino
     from llavakit.export.report import print_report
 
+    vision = vision or ("int8_weights" if lora_slots else "int8")  # PTQ would quantize the projector's LoRA inputs
     options = CompressionOptions(weights=weights, lm_mode=lm_mode, group_size=group_size, ratio=ratio,
                                  all_layers=all_layers, awq=awq, scale_estimation=scale_estimation, vision=vision,
                                  text_embeddings=text_embeddings, calibration_size=calibration_size)
     nncf.set_log_level(logging.ERROR)  # keep NNCF's progress bars, drop its info tables: we print our own report
-    path = export_openvino(model, out_dir, options, calibration=calibration, force=force, lm_gguf=lm_gguf)
+    path = export_openvino(model, out_dir, options, calibration=calibration, force=force, lm_gguf=lm_gguf,
+                           lora_slots=lora_slots, lora_targets=lora_targets.split(",") if lora_targets else None)
     print_report(path, out)
 
 
@@ -148,14 +158,19 @@ def chat(
     draft: Annotated[Optional[Path], typer.Option(
         help="Draft LM for speculative decoding (a `llavakit export-draft` directory; openvino backend).")] = None,
     draft_k: Annotated[int, typer.Option(help="Tokens the draft proposes per verify pass.")] = 4,
+    adapter: Annotated[Optional[list[str]], typer.Option(
+        help="PEFT LoRA adapter directory, optionally ':alpha' (repeatable: a weighted mix). OpenVINO needs an "
+             "export with --lora-slots.")] = None,
 ) -> None:
     """Chat about images: answer one question, or start an interactive session."""
-    from llavakit.cli_chat import interactive, one_shot, open_pipeline
+    from llavakit.cli_chat import adapter_options, interactive, one_shot, open_pipeline
 
+    adapters, mix = adapter_options(adapter or [])
     settings = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
                     top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-                    stop=tuple(stop or ()))
-    pipe = open_pipeline(model, backend, device, err, weights, draft=str(draft) if draft else None, draft_k=draft_k)
+                    stop=tuple(stop or ()), **({"adapter": mix} if mix else {}))
+    pipe = open_pipeline(model, backend, device, err, weights, draft=str(draft) if draft else None, draft_k=draft_k,
+                         adapters=adapters)
     images = [str(p) for p in image or []]
     if question is None:
         interactive(pipe, images, system, settings, out, err, stats)

@@ -19,14 +19,35 @@ HELP = "commands: /image PATH (attach to next question), /reset (new conversatio
 
 
 def open_pipeline(model: str, backend: str | None, device: str | None, err: Console,
-                  weights: str = "int4", draft: str | None = None, draft_k: int = 4) -> Pipeline:
+                  weights: str = "int4", draft: str | None = None, draft_k: int = 4,
+                  adapters: dict[str, str] | None = None) -> Pipeline:
     """Load the model with a spinner on stderr (the first use of a HF checkpoint exports it).
 
     ``draft``: a ``llavakit export-draft`` directory for speculative decoding (``draft_k`` tokens a step).
+    ``adapters``: PEFT LoRA adapters by name (``runtime/lora.py``).
     """
     with err.status(f"loading {model} (a HF checkpoint is exported to OpenVINO once, then cached)..."):
         extra = {"draft": draft, "num_draft_tokens": draft_k} if draft else {}
+        if adapters:
+            extra["adapters"] = adapters
         return Pipeline(model, backend=backend, device=device, weights=weights, **extra)
+
+
+def adapter_options(values: list[str]) -> tuple[dict[str, str], dict[str, float]]:
+    """``--adapter PATH[:alpha]`` values → ({name: path}, {name: alpha}); the name is the folder's."""
+    from pathlib import Path
+
+    from llavakit.runtime.lora import parse_adapter_arg
+
+    adapters: dict[str, str] = {}
+    mix: dict[str, float] = {}
+    for value in values:
+        path, alpha = parse_adapter_arg(value)
+        name = Path(path.rstrip("/")).name or path
+        if name in adapters and adapters[name] != path:
+            name = f"{name}-{len(adapters)}"
+        adapters[name], mix[name] = path, alpha
+    return adapters, mix
 
 
 def print_stream(generation: Generation, out: Console, err: Console, stats: bool) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from llavakit.cli import app, err, friendly_errors
+from llavakit.errors import LlavakitError
 
 
 @app.command()
@@ -34,6 +35,9 @@ def serve(
     backend: Annotated[Optional[str], typer.Option(help="auto, openvino, llamacpp or torch.")] = None,
     device: Annotated[Optional[str], typer.Option(help="OpenVINO: CPU, GPU, NPU, AUTO; torch: cpu, cuda.")] = None,
     weights: Annotated[str, typer.Option(help="Precision when a HF checkpoint is exported on first use.")] = "int4",
+    adapter: Annotated[Optional[list[str]], typer.Option(
+        help="LoRA adapter NAME=PATH (repeatable): listed in /v1/models, picked by a request's model. OpenVINO "
+             "needs an export with --lora-slots.")] = None,
 ) -> None:
     """Serve a model over the OpenAI chat-completions API (and a web chatbot with --ui)."""
     from pathlib import Path
@@ -50,7 +54,13 @@ def serve(
         max_image_bytes=int(max_image_mb * mib), max_image_pixels=max_image_pixels, max_images=max_images,
         max_tokens_limit=max_tokens_limit, allow_remote_images=allow_remote_images,
         allowed_hosts=tuple(allow_host or ()), ui=ui)
-    pipe = open_pipeline(model, backend, device, err, weights)
+    adapters = {}
+    for item in adapter or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise LlavakitError(f"--adapter {item!r}: expected NAME=PATH (e.g. --adapter pirate=adapters/pirate)")
+        adapters[name] = path
+    pipe = open_pipeline(model, backend, device, err, weights, adapters=adapters or None)
     application = create_app(pipe, settings)
     where = f"http://{host}:{port}"
     err.print(f"serving {settings.model_name!r} on {where}/v1 ({len(application.state.engine.scheduler.slots)} "

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,7 @@ class AdapterSet:
         self._base = _read_base(model_dir / BASE_WEIGHTS) if self.vision_slots else {}
         self.adapters = {name: self._check(load_peft_adapter(name, path)) for name, path in adapters.items()}
         self._cache: OrderedDict[Mix, Factors] = OrderedDict()
+        self._lock = threading.Lock()  # server slots (forks) share this set from several threads
 
     @property
     def names(self) -> list[str]:
@@ -176,9 +178,18 @@ class AdapterSet:
 
     def factors(self, mix: Mix) -> Factors:
         """The input tensors for ``mix`` (cached: switching back to a mix costs no NumPy work)."""
-        if mix in self._cache:
-            self._cache.move_to_end(mix)
-            return self._cache[mix]
+        with self._lock:
+            if mix in self._cache:
+                self._cache.move_to_end(mix)
+                return self._cache[mix]
+        factors = self._build(mix)
+        with self._lock:
+            self._cache[mix] = factors
+            if len(self._cache) > FACTOR_CACHE:
+                self._cache.popitem(last=False)
+        return factors
+
+    def _build(self, mix: Mix) -> Factors:
         lm = {}
         for module, slot in self.lm_slots.items():
             parts = [(self.adapters[n].lora[module], w) for n, w in mix if module in self.adapters[n].lora]
@@ -202,10 +213,7 @@ class AdapterSet:
             vision[f"lora.A.{module}"] = np.ascontiguousarray(a, dtype=np.float32)
             vision[f"lora.B.{module}"] = np.ascontiguousarray(b, dtype=np.float32)
             vision[f"lora.bias.{module}"] = np.ascontiguousarray(delta_b, dtype=np.float32)  # (out,)
-        self._cache[mix] = Factors(lm, vision)
-        if len(self._cache) > FACTOR_CACHE:
-            self._cache.popitem(last=False)
-        return self._cache[mix]
+        return Factors(lm, vision)
 
     def projector_key(self, mix: Mix) -> Mix:
         """The part of ``mix`` that changes image features (adapters with a trained projector)."""

@@ -98,12 +98,13 @@ def create_app(pipeline_or_engine: Pipeline | Engine, settings: ServeSettings | 
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return ModelList(data=[ModelCard(id=m.id, created=m.created) for m in engine.models]).model_dump()
+        return ModelList(data=[ModelCard(id=m.id, created=m.created, parent=m.parent)
+                               for m in engine.models]).model_dump()
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str) -> dict:
         entry = engine.resolve_model(model_id)
-        return ModelCard(id=entry.id, created=entry.created).model_dump()
+        return ModelCard(id=entry.id, created=entry.created, parent=entry.parent).model_dump()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):  # noqa: ANN202

@@ -1,9 +1,10 @@
 """From an OpenAI request to a generation job on a slot, shared by the HTTP API and the web UI.
 
 - ``Engine`` owns the slots (``Pipeline.fork()`` each, sharing one compiled model), the
-  scheduler, and the list of served models. ``models`` is where LoRA adapters will
-  appear next to the base model: a request's ``model`` picks an entry, and the entry's
-  ``adapter`` will be passed to the generation (None = the base model).
+  scheduler, and the list of served models: the base model, then one entry per LoRA
+  adapter the Pipeline loaded (``llavakit serve --adapter name=PATH``). A request's
+  ``model`` picks an entry and the entry's ``adapter`` goes to the generation (None = the
+  base model); every slot switches adapters per request (``runtime/lora.py``).
 - ``conversation`` turns OpenAI messages into the engine's list-of-parts messages plus
   image references, applying the same ``<image>`` tag rules as the CLI and Python API.
 - ``Engine.submit`` runs the generation in a worker thread and reports through ``sink``
@@ -36,10 +37,11 @@ log = logging.getLogger("llavakit.serve")
 
 @dataclass
 class ModelEntry:
-    """One servable model id: the base model (adapter None) or, later, a LoRA adapter."""
+    """One servable model id: the base model (adapter None) or a LoRA adapter (its name)."""
 
     id: str
     adapter: str | None = None
+    parent: str | None = None  # the base model's id, for adapters
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -91,6 +93,8 @@ class Engine:
         self.settings = settings
         self.scheduler = Scheduler(make_slots(pipeline, settings.slots), settings.max_queue)
         self.models = [ModelEntry(settings.model_name)]
+        self.models += [ModelEntry(name, adapter=name, parent=settings.model_name) for name in pipeline.adapters
+                        if name != settings.model_name]
 
     def resolve_model(self, name: str) -> ModelEntry:
         for entry in self.models:
@@ -107,7 +111,8 @@ class Engine:
                 sink(Failed(_stop_reason(job)))
                 return
             try:
-                generation = slot.stream_messages(chat.messages, chat.images, **chat.settings)
+                generation = slot.stream_messages(chat.messages, chat.images, adapter=chat.model.adapter,
+                                                  **chat.settings)
                 pieces = iter(generation)
                 for piece in pieces:
                     sink(Piece(piece))

@@ -144,6 +144,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "llavakit"
+    parent: str | None = None  # a LoRA adapter's base model (as vLLM lists adapters)
 
 
 class ModelList(BaseModel):

@@ -1,5 +1,6 @@
-"""MoE-LLaVA through the OpenVINO export and engine: INT8 greedy tokens equal torch fp32, INT4
-agrees teacher-forced; the IR dispatches sparsely (one NonZero per expert) and keeps the router float."""
+"""MoE-LLaVA through the OpenVINO export and engine: INT8 greedy tokens and expert usage equal torch fp32,
+INT4 agrees teacher-forced; the IR dispatches sparsely (one NonZero per expert), keeps the router float and
+sorts stably (ties to the lower expert, as in torch); the engine's usage outputs leave the files untouched."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    LlavaForConditionalGeneration,
+)
 
 from llavakit.checkpoints.build import build_llava
 from llavakit.checkpoints.upcycle import upcycle_model
@@ -37,13 +42,18 @@ def trained_moe(parts, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def torch_answer(trained_moe: Path, red_image_module):
+def torch_result(trained_moe: Path, red_image_module):
     from llavakit import Pipeline
 
     pipe = Pipeline(trained_moe, backend="torch")
     result = pipe.generate(PROMPT, images=[red_image_module], max_new_tokens=12, ignore_eos=True)
-    assert len(set(map(tuple, pipe.backend.expert_usage().values()))) >= 1
-    return result.token_ids
+    assert result.metrics.expert_usage == pipe.backend.expert_usage()
+    return result
+
+
+@pytest.fixture(scope="module")
+def torch_answer(torch_result) -> list[int]:
+    return torch_result.token_ids
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +69,7 @@ def export(model: Path, tmp: Path, weights: str) -> Path:
 
 
 @pytest.mark.parametrize("weights", ["int8"])
-def test_greedy_tokens_equal_torch(weights: str, trained_moe: Path, torch_answer, red_image_module,
+def test_greedy_tokens_equal_torch(weights: str, trained_moe: Path, torch_result, red_image_module,
                                    tmp_path: Path) -> None:
     from llavakit import Pipeline
 
@@ -70,9 +80,21 @@ def test_greedy_tokens_equal_torch(weights: str, trained_moe: Path, torch_answer
     routers = [op for op in ir.get_ops() if op.get_type_name() == "Constant"
                and list(op.get_output_shape(0))[-2:] == [4, 32]]
     assert routers and all(op.get_element_type().is_real() for op in routers)  # router left in float
-    got = Pipeline(out, precise=True).generate(PROMPT, images=[red_image_module], max_new_tokens=12,
-                                               ignore_eos=True)
-    assert got.token_ids == torch_answer
+    topk = [op for op in ir.get_ops() if op.get_type_name() == "TopK"]
+    assert len(topk) == 1 and topk[0].get_attributes()["stable"]  # deterministic ties, as torch's stable sort
+    assert [o.get_any_name() for o in ir.outputs] == ["logits"]  # usage outputs are the engine's, not the file's
+    pipe = Pipeline(out, precise=True)
+    got = pipe.generate(PROMPT, images=[red_image_module], max_new_tokens=12, ignore_eos=True)
+    assert got.token_ids == torch_result.token_ids
+    assert got.metrics.expert_usage == torch_result.metrics.expert_usage  # same experts fired, layer by layer
+    n_positions = got.metrics.prompt_tokens + len(got.token_ids) - 1
+    assert sum(got.metrics.expert_usage[0]) == 2 * n_positions
+    again = pipe.generate(PROMPT, images=[red_image_module], max_new_tokens=12, ignore_eos=True)
+    assert again.metrics.cached_tokens > 0  # prefix reused: only the recomputed positions count
+    assert sum(again.metrics.expert_usage[0]) == 2 * (n_positions - again.metrics.cached_tokens)
+    twin = pipe.fork()
+    assert twin.generate(PROMPT, images=[red_image_module], max_new_tokens=12,
+                         ignore_eos=True).metrics.expert_usage == torch_result.metrics.expert_usage
 
 
 def test_int4_agrees_teacher_forced(trained_moe: Path, torch_answer, red_image_module, tmp_path: Path) -> None:
@@ -86,3 +108,27 @@ def test_int4_agrees_teacher_forced(trained_moe: Path, torch_answer, red_image_m
         agree.append(int(np.argmax(logits)) == token)
         logits = engine.decode_one(token)
     assert agree[0] and sum(agree) / len(agree) >= 0.75, agree
+
+
+def test_ties_route_to_the_lower_experts_on_openvino(trained_moe: Path, red_image_module, tmp_path: Path) -> None:
+    """A zero router makes every expert equally likely: torch and the engine both pick experts 0 and 1."""
+    from llavakit import Pipeline
+
+    model = AutoModelForImageTextToText.from_pretrained(trained_moe)
+    with torch.no_grad():
+        for block in model.moe_blocks().values():
+            block.router.weight.zero_()
+    model.save_pretrained(tmp_path / "tied")
+    AutoProcessor.from_pretrained(trained_moe).save_pretrained(tmp_path / "tied")
+    want = Pipeline(tmp_path / "tied", backend="torch").generate(PROMPT, images=[red_image_module],
+                                                                 max_new_tokens=4, ignore_eos=True)
+    got = Pipeline(export(tmp_path / "tied", tmp_path, "fp32"), precise=True).generate(
+        PROMPT, images=[red_image_module], max_new_tokens=4, ignore_eos=True)
+    n = got.metrics.prompt_tokens + 3
+    assert got.metrics.expert_usage == want.metrics.expert_usage == {0: [n, n, 0, 0]}
+    assert got.token_ids == want.token_ids
+
+
+def test_dense_export_has_no_expert_usage(ov_pipeline) -> None:
+    result = ov_pipeline.generate("Hi", max_new_tokens=2)
+    assert result.metrics.expert_usage is None and ov_pipeline.backend.expert_usage() is None

@@ -30,9 +30,13 @@ def export_key(source: Path, weights: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def ensure_exported(source: Path, weights: str = "int4") -> Path:
-    """The cached OpenVINO export of ``source`` at ``weights`` precision, exporting it if needed."""
-    target = cache_dir() / "exports" / f"{source.name}-{weights}-{export_key(source, weights)}"
+def ensure_exported(source: Path, weights: str = "int4", lora_slots: bool = False) -> Path:
+    """The cached OpenVINO export of ``source`` at ``weights`` precision, exporting it if needed.
+
+    ``lora_slots``: the export runtime LoRA adapters need (``export/lora.py``), cached separately.
+    """
+    flavour = f"{weights}-lora" if lora_slots else weights
+    target = cache_dir() / "exports" / f"{source.name}-{flavour}-{export_key(source, flavour)}"
     if not layout.is_exported(target):
         import logging
 
@@ -41,7 +45,7 @@ def ensure_exported(source: Path, weights: str = "int4") -> Path:
         from llavakit.export.compress import CompressionOptions
         from llavakit.export.exporter import export_openvino
 
-        options = CompressionOptions(weights=weights)
+        options = CompressionOptions(weights=weights, **({"vision": "int8_weights"} if lora_slots else {}))
         nncf.set_log_level(logging.WARNING)  # an export on first use is a side job: no statistics tables
-        export_openvino(source, target, options, force=True)
+        export_openvino(source, target, options, force=True, lora_slots=lora_slots)
     return target

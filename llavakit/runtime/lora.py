@@ -151,6 +151,7 @@ class Factors:
 
     lm: dict[str, np.ndarray]
     vision: dict[str, np.ndarray]
+    wrapped: dict[str, dict] = field(default_factory=dict)  # the same as ov.Tensors, made once (ov_backend)
 
 
 class AdapterSet:
@@ -305,7 +306,8 @@ class TorchAdapters:
             config.target_modules = sorted(adapter.lora)
             state = {f"{PEFT_PREFIX}{m}.lora_{ab}.weight": torch.from_numpy(t)
                      for m, (a, b, _) in adapter.lora.items() for ab, t in (("A", a), ("B", b))}
-            model.load_adapter(adapter_name=name, peft_config=config, adapter_state_dict=state)
+            with _quiet():  # transformers reports every base weight as "missing" from an adapter-only state
+                model.load_adapter(adapter_name=name, peft_config=config, adapter_state_dict=state)
             self.full[name] = {m: {k: torch.from_numpy(v) for k, v in w.items()} for m, w in adapter.full.items()}
         self.names = list(adapters)
         self._layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
@@ -334,3 +336,24 @@ class TorchAdapters:
                     delta = sum((w * (self.full[n][module][kind] - value) for n, w in mix
                                  if module in self.full[n]), torch.zeros_like(value))
                     getattr(self._modules[module], kind).copy_(value + delta)
+
+
+class _quiet:
+    """Silence transformers' load report and PEFT's "several adapters" warning (both expected here)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        from transformers.utils import logging as hf_logging
+
+        self._level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+
+    def __exit__(self, *exc: object) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self._warnings.__exit__(*exc)
+        hf_logging.set_verbosity(self._level)

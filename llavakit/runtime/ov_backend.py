@@ -139,12 +139,9 @@ class OpenVINOBackend:
         if self._bound is not None and self._bound[0] == mix:
             return
         factors = self.lora.factors(mix)
-        for name, array in factors.lm.items():
-            self._lm.set_tensor(name, ov.Tensor(array, shared_memory=True))
+        _bind(self._lm, _wrapped(factors, "lm"))
         if factors.vision and (self._bound is None or self._bound[1] != projector):
-            request = self._vision._request
-            for name, array in factors.vision.items():
-                request.set_tensor(name, ov.Tensor(array, shared_memory=True))
+            _bind(self._vision._request, _wrapped(factors, "vision"))
         self._features = self._feature_caches.setdefault(projector, OrderedDict())
         self._bound = (mix, projector)
 
@@ -331,6 +328,20 @@ class OwnRequest:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.compiled, name)
+
+
+def _wrapped(factors, part: str) -> dict[str, ov.Tensor]:  # noqa: ANN001 (runtime.lora.Factors)
+    """A mix's factors as ov.Tensors sharing the NumPy memory, made once per mix."""
+    if part not in factors.wrapped:
+        factors.wrapped[part] = {k: ov.Tensor(v, shared_memory=True) for k, v in getattr(factors, part).items()}
+    return factors.wrapped[part]
+
+
+def _bind(request: ov.InferRequest, tensors: dict[str, ov.Tensor]) -> None:
+    """Set input tensors by port: a name lookup per tensor costs ~4x more (hundreds of LoRA inputs)."""
+    ports = {port.get_any_name(): port for port in request.model_inputs if port.get_any_name() in tensors}
+    for name, tensor in tensors.items():
+        request.set_tensor(ports[name], tensor)
 
 
 def keep_last_logits(model: ov.Model) -> ov.Model:

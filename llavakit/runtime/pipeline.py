@@ -78,7 +78,7 @@ class Pipeline:
         if not exported:
             from llavakit.export.cache import ensure_exported  # exporting needs torch; running does not
 
-            self.model_dir = ensure_exported(self.model_dir, weights)
+            self.model_dir = ensure_exported(self.model_dir, weights, lora_slots=bool(adapters))
         if self.backend_name == "auto" and draft is not None:
             self.backend_name = "openvino"  # speculative decoding runs on the OpenVINO engine only
         if self.backend_name == "auto":

@@ -26,7 +26,8 @@ def export_both(source: Path, work: Path, weights: str, targets: list[str] | Non
     from llavakit.export.exporter import export_openvino
 
     options = CompressionOptions(weights=weights, vision="int8_weights", text_embeddings="int8")
-    plain, slotted = work / f"plain-{weights}", work / f"lora-{weights}"
+    suffix = "-" + "-".join(targets) if targets else ""
+    plain, slotted = work / f"plain-{weights}", work / f"lora-{weights}{suffix}"
     for out, slots in ((plain, False), (slotted, True)):
         if not (out / "openvino_language_model.xml").is_file():
             start = time.perf_counter()
@@ -36,20 +37,22 @@ def export_both(source: Path, work: Path, weights: str, targets: list[str] | Non
     return plain, slotted
 
 
-def make_adapters(source: Path, work: Path, rank: int) -> dict[str, Path]:
-    """Two PEFT adapters on every LM projection, B drawn at random (PEFT's zero init would be a no-op)."""
+def make_adapters(source: Path, work: Path, rank: int, targets: list[str] | None) -> dict[str, Path]:
+    """Two PEFT adapters on the slotted LM projections, B drawn at random (PEFT's zero init would be a no-op)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    out = {name: work / f"adapter-{name}-r{rank}" for name in ("a", "b")}
+    suffix = "-" + "-".join(targets) if targets else ""
+    out = {name: work / f"adapter-{name}-r{rank}{suffix}" for name in ("a", "b")}
     if all((p / "adapter_model.safetensors").is_file() for p in out.values()):
         return out
     model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32)
-    targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    names = targets or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    pattern = r".*language_model.*\.(" + "|".join(names) + ")"
     for seed, (name, path) in enumerate(out.items()):
         torch.manual_seed(seed)
-        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+        peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=pattern))
         with torch.no_grad():
             for key, param in peft_model.named_parameters():
                 if "lora_B" in key:
@@ -83,7 +86,7 @@ def main() -> None:
     from llavakit import Pipeline
 
     plain_dir, lora_dir = export_both(args.source, args.work, args.weights, targets)
-    adapters = make_adapters(args.source, args.work, args.rank)
+    adapters = make_adapters(args.source, args.work, args.rank, targets)
     plain = Pipeline(plain_dir, backend="openvino")
     lora = Pipeline(lora_dir, backend="openvino", adapters={k: str(v) for k, v in adapters.items()})
     rows = {"plain export, no adapter": (plain, None), "LoRA export, no adapter": (lora, None),
@@ -121,7 +124,7 @@ def main() -> None:
         "switch_ms_cached_median": statistics.median(switch), "switch_ms_cached_max": max(switch),
         "switch_ms_first_use_median": statistics.median(cold),
     }
-    (args.work / "lora-bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.work / f"lora-bench-{'-'.join(targets) if targets else 'all'}-r{args.rank}.json").write_text(json.dumps(report, indent=2) + "\n")
     print("| run | decode tokens/s (median) | vs plain export |\n| --- | ---: | ---: |")
     for name, value in median.items():
         print(f"| {name} | {value:.2f} | {value / base:.3f} |")

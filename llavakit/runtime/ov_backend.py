@@ -140,8 +140,10 @@ class OpenVINOBackend:
             return
         factors = self.lora.factors(mix)
         _bind(self._lm, _wrapped(factors, "lm"))
+        self._lm_factors = factors  # keeps the shared-memory arrays alive while bound, even if evicted
         if factors.vision and (self._bound is None or self._bound[1] != projector):
             _bind(self._vision._request, _wrapped(factors, "vision"))
+            self._vision_factors = factors
         self._features = self._feature_caches.setdefault(projector, OrderedDict())
         self._bound = (mix, projector)
 

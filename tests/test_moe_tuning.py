@@ -94,3 +94,33 @@ def test_train_dense_ffn_matches_reference_name_rule(tiny_llava: Path, tmp_path:
     prepare_moe_tuning(model, train_dense_ffn=True)  # the reference's train_modules match every layer's FFN
     assert all(p.requires_grad for n, p in model.named_parameters() if "language_model.layers.1.mlp." in n)
     assert not any(p.requires_grad for n, p in model.named_parameters() if "self_attn" in n or "vision" in n)
+
+
+def test_moe_stage_under_torchrun_two_processes(moe_dir: Path, tmp_path: Path) -> None:
+    """``llavakit train --stage moe`` runs unchanged under torchrun (DDP over gloo, as the other stages):
+    rank 0 writes a model in which only experts, routers and the projector moved."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from llavakit.data.shapes import ShapesConfig, generate_shapes
+
+    generate_shapes(tmp_path / "data", ShapesConfig(train=8, val=0, test=0, image_size=32, seed=4))
+    bin_dir = Path(sys.executable).parent
+    out = tmp_path / "ddp"
+    cmd = [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2", str(bin_dir / "llavakit"), "train",
+           "--stage", "moe", "--model", str(moe_dir), "--data", str(tmp_path / "data" / "train.json"),
+           "--out", str(out), "--max-steps", "2", "--batch-size", "1", "--grad-accum", "1", "--save-steps", "100",
+           "--lr", "1e-2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    run = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert json.loads((out / "llavakit_train.json").read_text())["world_size"] == 2
+    before, after = load_file(str(moe_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    allowed = lambda n: ".mlp.experts." in n or ".mlp.router." in n or "multi_modal_projector" in n
+    assert moved and all(allowed(n) for n in moved), sorted(n for n in moved if not allowed(n))
+    assert any(".mlp.router." in n for n in moved)

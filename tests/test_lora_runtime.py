@@ -73,12 +73,14 @@ def adapters(tiny_llava: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 @pytest.fixture(scope="module")
 def lora_export(tiny_llava: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llavakit.export.compress import CompressionOptions
-    from llavakit.export.exporter import export_openvino
-
-    options = CompressionOptions(weights="fp32", vision="fp32", text_embeddings="fp32")
-    return export_openvino(tiny_llava, tmp_path_factory.mktemp("ov-lora") / "tiny-lora", options,
-                           show_progress=False, lora_slots=True)
+    """``llavakit export --lora-slots`` as a user runs it (fp32: parity with transformers is exact)."""
+    out = tmp_path_factory.mktemp("ov-lora") / "tiny-lora"
+    done = subprocess.run([LLAVAKIT, "export", str(tiny_llava), "--out", str(out), "--weights", "fp32", "--vision",
+                           "fp32", "--text-embeddings", "fp32", "--lora-slots"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert (out / "llavakit_lora.json").is_file()
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -79,8 +79,8 @@ class Pipeline:
             from llavakit.export.cache import ensure_exported  # exporting needs torch; running does not
 
             self.model_dir = ensure_exported(self.model_dir, weights, lora_slots=bool(adapters))
-        if self.backend_name == "auto" and draft is not None:
-            self.backend_name = "openvino"  # speculative decoding runs on the OpenVINO engine only
+        if self.backend_name == "auto" and (draft is not None or adapters):
+            self.backend_name = "openvino"  # speculative decoding and LoRA adapters run on the OpenVINO engine only
         if self.backend_name == "auto":
             from llavakit.runtime.backend_choice import auto_backend
 

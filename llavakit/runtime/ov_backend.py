@@ -78,6 +78,7 @@ class OpenVINOBackend:
     """Prefill/decode over an exported LLaVA directory."""
 
     name = "openvino"
+    _experts: ExpertUsage | None = None  # MoE exports: router outputs counted per generation (moe_usage.py)
 
     def __init__(self, model_dir: Path, device: str | None = None, properties: dict | None = None,
                  precise: bool = False) -> None:
@@ -139,10 +140,13 @@ class OpenVINOBackend:
         if self._bound is not None and self._bound[0] == mix:
             return
         factors = self.lora.factors(mix)
-        _bind(self._lm, _wrapped(factors, "lm"))
+        if self._bound is None:  # ports by name, once per request: a name lookup per tensor costs ~4x more
+            self._lm_ports = _ports(self._lm, factors.lm)
+            self._vision_ports = _ports(self._vision._request, factors.vision) if factors.vision else {}
+        _bind(self._lm, self._lm_ports, _wrapped(factors, "lm"))
         self._lm_factors = factors  # keeps the shared-memory arrays alive while bound, even if evicted
         if factors.vision and (self._bound is None or self._bound[1] != projector):
-            _bind(self._vision._request, _wrapped(factors, "vision"))
+            _bind(self._vision._request, self._vision_ports, _wrapped(factors, "vision"))
             self._vision_factors = factors
         self._features = self._feature_caches.setdefault(projector, OrderedDict())
         self._bound = (mix, projector)
@@ -339,9 +343,12 @@ def _wrapped(factors, part: str) -> dict[str, ov.Tensor]:  # noqa: ANN001 (runti
     return factors.wrapped[part]
 
 
-def _bind(request: ov.InferRequest, tensors: dict[str, ov.Tensor]) -> None:
-    """Set input tensors by port: a name lookup per tensor costs ~4x more (hundreds of LoRA inputs)."""
-    ports = {port.get_any_name(): port for port in request.model_inputs if port.get_any_name() in tensors}
+def _ports(request: ov.InferRequest, names: dict) -> dict[str, ov.ConstOutput]:
+    return {port.get_any_name(): port for port in request.model_inputs if port.get_any_name() in names}
+
+
+def _bind(request: ov.InferRequest, ports: dict[str, ov.ConstOutput], tensors: dict[str, ov.Tensor]) -> None:
+    """Set input tensors by port (hundreds of LoRA inputs: by name costs ~4x more)."""
     for name, tensor in tensors.items():
         request.set_tensor(ports[name], tensor)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 import shutil
 import subprocess
 import sys
@@ -205,6 +206,14 @@ def test_server_selects_the_adapter_by_model(lora_pipe: Pipeline, lora_export: P
             assert reply.model == model and reply.choices[0].message.content == want, model
             replies[model] = want
         assert len(set(replies.values())) == 3  # the adapters really change the answer
+
+        def ask(model: str) -> str:
+            return client.chat.completions.create(model=model, messages=messages, max_tokens=6, temperature=0,
+                                                  extra_body={"ignore_eos": True}).choices[0].message.content
+
+        order = ["a", "b", "tiny", "b", "a", "tiny"]  # two slots, adapters switching under concurrent requests
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(ask, order)) == [replies[m] for m in order]
         with pytest.raises(openai.NotFoundError, match="model_not_found|not served"):
             client.chat.completions.create(model="c", messages=messages, max_tokens=2)
         assert client.chat.completions.create(model="b", messages=messages, max_tokens=2).choices[0].message.content

@@ -64,13 +64,13 @@ def make_adapters(source: Path, work: Path, rank: int, targets: list[str] | None
     return out
 
 
-def decode_speed(pipe, adapter, tokens: int) -> float:  # noqa: ANN001
+def decode_speed(pipe, adapter, tokens: int) -> float:
     result = pipe.generate("Tell me a long story about a cat.", adapter=adapter, max_new_tokens=tokens,
                            ignore_eos=True)
     return result.metrics.decode_tokens_per_s
 
 
-def switching(backend) -> tuple[list[float], list[float]]:  # noqa: ANN001 (OpenVINOBackend)
+def switching(backend) -> tuple[list[float], list[float]]:  # backend: OpenVINOBackend
     """ms per ``bind_adapter``: alternating two cached mixes; a mix never seen (factors built)."""
     mix_a, mix_b = (("a", 1.0),), (("a", 0.5), ("b", 0.5))
     backend.bind_adapter(mix_a)  # both mixes built and cached before timing

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +22,14 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.numpy import load_file, save_file
+from test_serve_support import Server, data_url, png_bytes
 
 from llavakit import Pipeline
 from llavakit.errors import LlavakitError
 from llavakit.runtime.lora import parse_spec
-from test_serve_support import Server, data_url, png_bytes
 
 LM = r".*language_model.*\."
-KW = dict(max_new_tokens=6, ignore_eos=True)
+KW = {"max_new_tokens": 6, "ignore_eos": True}
 LLAVAKIT = str(Path(sys.executable).with_name("llavakit"))
 
 
@@ -77,7 +77,7 @@ def lora_export(tiny_llava: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """``llavakit export --lora-slots`` as a user runs it (fp32: parity with transformers is exact)."""
     out = tmp_path_factory.mktemp("ov-lora") / "tiny-lora"
     done = subprocess.run([LLAVAKIT, "export", str(tiny_llava), "--out", str(out), "--weights", "fp32", "--vision",
-                           "fp32", "--text-embeddings", "fp32", "--lora-slots"], capture_output=True, text=True,
+                           "fp32", "--text-embeddings", "fp32", "--lora-slots"], check=False, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert (out / "llavakit_lora.json").is_file()
@@ -99,7 +99,7 @@ def _messages(text: str, images: int) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}] * images + [{"type": "text", "text": text}]}]
 
 
-def _first_logits(pipe: Pipeline, text: str, images: list, adapter=None) -> np.ndarray:  # noqa: ANN001
+def _first_logits(pipe: Pipeline, text: str, images: list, adapter=None) -> np.ndarray:
     prepared = pipe.backend.prepare(_messages(text, len(images)), images)
     prepared.adapter = parse_spec(adapter, pipe.adapters)
     return pipe.backend.prefill(prepared)  # (V,)
@@ -178,11 +178,12 @@ def test_chat_command_takes_an_adapter_with_alpha(lora_pipe: Pipeline, lora_expo
                                                   adapters: dict[str, Path]) -> None:
     want = lora_pipe.generate("Hi", adapter={"a": 0.5}, max_new_tokens=6).text
     done = subprocess.run([LLAVAKIT, "chat", str(lora_export), "Hi", "--adapter", f"{adapters['a']}:0.5",
-                           "--max-new-tokens", "6", "--no-stats"], capture_output=True, text=True, timeout=120,
+                           "--max-new-tokens", "6", "--no-stats"], check=False, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == want.strip()
-    bad = subprocess.run([LLAVAKIT, "serve", str(lora_export), "--adapter", "no-equals-sign"], capture_output=True,
+    bad = subprocess.run([LLAVAKIT, "serve", str(lora_export), "--adapter", "no-equals-sign"], check=False,
+                         capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "NAME=PATH" in bad.stderr
 

@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import openvino as ov
 import torch
 from torch import nn
@@ -169,10 +170,8 @@ def write_manifest(out: Path, lm: LoraSlots, projector: LoraSlots | None) -> Non
         save_file(weights, str(out / BASE_WEIGHTS))
 
 
-def empty_factors(slots: LoraSlots) -> dict[str, "np.ndarray"]:
+def empty_factors(slots: LoraSlots) -> dict[str, np.ndarray]:
     """Rank-0 factors (and zero bias deltas) for every slot: the inputs that mean "no adapter"."""
-    import numpy as np
-
     out = {}
     for slot in slots.slots:
         out[f"lora.A.{slot.module}"] = np.zeros((0, slot.in_features), np.float32)  # (0, in)

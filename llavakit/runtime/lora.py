@@ -36,7 +36,6 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -48,7 +47,7 @@ PEFT_PREFIX = "base_model.model."
 FACTOR_CACHE = 8
 
 #: What a caller may pass as ``adapter=``: None (base), "name", "name:alpha", or {name: weight}.
-AdapterSpec = Union[None, str, dict[str, float]]
+AdapterSpec = None | str | dict[str, float]
 Mix = tuple[tuple[str, float], ...]  # normalised, sorted; () = the base model
 
 
@@ -81,7 +80,7 @@ def load_peft_adapter(name: str, path: str | Path) -> PeftAdapter:
                             f"{config.get('peft_type')} {refused or ''}".rstrip())
     tensors: dict[str, np.ndarray] = {}
     with safe_open(str(weights_file), framework="np") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
             tensors[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
     adapter = PeftAdapter(name, path)
     for key, value in tensors.items():
@@ -269,7 +268,7 @@ def _read_base(path: Path) -> dict[str, dict[str, np.ndarray]]:
 
     out: dict[str, dict[str, np.ndarray]] = {}
     with safe_open(str(path), framework="np") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
             owner, _, kind = key.rpartition(".")
             out.setdefault(owner, {})[kind] = np.asarray(f.get_tensor(key), dtype=np.float32)
     return out
@@ -284,7 +283,7 @@ class TorchAdapters:
     The projector (PEFT ``modules_to_save``) is written as ``W + Σ w_i (W_i - W)`` in place.
     """
 
-    def __init__(self, model, adapters: dict[str, str | Path]) -> None:  # noqa: ANN001 (a transformers model)
+    def __init__(self, model, adapters: dict[str, str | Path]) -> None:  # model: a transformers LLaVA
         import torch
         from peft import LoraConfig
         from peft.tuners.lora import LoraLayer
@@ -293,8 +292,10 @@ class TorchAdapters:
 
         self.model = model
         modules = dict(model.named_modules())
-        sizes = lambda names: {n: {"in_features": modules[n].in_features,  # noqa: E731
-                                   "out_features": modules[n].out_features} for n in names}
+
+        def sizes(names: list[str]) -> dict[str, dict[str, int]]:
+            return {n: {"in_features": modules[n].in_features, "out_features": modules[n].out_features} for n in names}
+
         lm_slots = sizes(lm_linear_targets(model))
         vision_slots = sizes([n for n, m in modules.items() if n.startswith("model.multi_modal_projector.")
                               and isinstance(m, torch.nn.Linear)])

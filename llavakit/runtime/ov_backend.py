@@ -336,7 +336,7 @@ class OwnRequest:
         return getattr(self.compiled, name)
 
 
-def _wrapped(factors, part: str) -> dict[str, ov.Tensor]:  # noqa: ANN001 (runtime.lora.Factors)
+def _wrapped(factors, part: str) -> dict[str, ov.Tensor]:  # factors: runtime.lora.Factors
     """A mix's factors as ov.Tensors sharing the NumPy memory, made once per mix."""
     if part not in factors.wrapped:
         factors.wrapped[part] = {k: ov.Tensor(v, shared_memory=True) for k, v in getattr(factors, part).items()}

@@ -220,3 +220,14 @@ def test_server_selects_the_adapter_by_model(lora_pipe: Pipeline, lora_export: P
         assert client.chat.completions.create(model="b", messages=messages, max_tokens=2).choices[0].message.content
     finally:
         server.stop()
+
+
+def test_hf_checkpoint_with_adapters_is_exported_with_slots_once(tiny_llava: Path, adapters: dict[str, Path],
+                                                                  red_image: Image.Image) -> None:
+    """``Pipeline(hf_dir, adapters=...)``: the cached INT4 export gets LoRA slots (NNCF leaves the factors alone)."""
+    pipe = Pipeline(tiny_llava, adapters=adapters)
+    assert pipe.backend_name == "openvino" and pipe.model_dir.name.split("-")[-2] == "lora"
+    answers = {str(spec): pipe.generate("Hi", [red_image], adapter=spec, **KW).token_ids
+               for spec in (None, "a", "b", {"a": 0.5, "b": 0.5})}
+    assert len({tuple(ids) for ids in answers.values()}) == 4
+    assert Pipeline(tiny_llava, adapters=adapters).model_dir == pipe.model_dir  # cached, not exported again

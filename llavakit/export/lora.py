@@ -18,7 +18,10 @@ Design decisions (the runtime half is ``runtime/lora.py``):
   ``lora_alpha / r`` folded into its B rows — one branch per Linear whatever the mix.
 * **Targets** are the LM linears ``llavakit train --lora`` adapts (``train/lora.lm_linear_targets``:
   q/k/v/o/gate/up/down or the family's names), optionally narrowed with
-  ``--lora-targets q_proj,v_proj`` (fewer branches, less decode overhead).
+  ``--lora-targets q_proj,v_proj``. Each branch costs per node, not per FLOP
+  (``benchmarks/lora.md``, bench-1b): q/v slots decode within noise of a plain export,
+  slots on all 154 projections ~8 % slower empty and ~16 % with a rank-16 adapter — so
+  export slots only where the adapters you serve put LoRA.
 * **The projector** trains in full in a llavakit adapter (PEFT ``modules_to_save``).
   Its Linears in the vision IR get the same branch plus a bias-delta input
   ``d`` (out,), and the runtime writes a full-weight change as an exact factorisation

@@ -129,21 +129,28 @@ def model_flops_per_sample(model: torch.nn.Module, seq: int, n_img: int) -> floa
 
 
 def peak_bf16_flops(tiny: bool) -> float:
-    """Measured bf16 matmul rate of this device (the MFU denominator)."""
+    """Measured bf16 matmul rate of this process's device (the MFU denominator).
+
+    Under torchrun/accelerate every process must time its own GPU (``LOCAL_RANK``): timed on
+    the default ``cuda:0`` the processes share one GPU and each sees about half its rate.
+    """
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    n = 8192 if dev == "cuda" else 512
+    if dev == "cuda":
+        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    cuda = dev.startswith("cuda")
+    n = 8192 if cuda else 512
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     for _ in range(3):
         a @ b
-    reps = 50 if dev == "cuda" else 3
-    if dev == "cuda":
-        torch.cuda.synchronize()
+    reps = 50 if cuda else 3
+    if cuda:
+        torch.cuda.synchronize(dev)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
-    if dev == "cuda":
-        torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize(dev)
     return 2.0 * n ** 3 * reps / (time.perf_counter() - t)
 
 

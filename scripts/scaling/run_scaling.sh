@@ -16,6 +16,6 @@ timeout 200 torchrun --standalone --nproc_per_node 2 -m llavakit.eval.train_benc
 echo "=== 2 GPUs, FSDP2 full shard (accelerate launch)" | tee -a $OUT/log.txt
 timeout 200 accelerate launch --num_processes 2 --num_machines 1 --dynamo_backend no --mixed_precision bf16 \
   --use_fsdp --fsdp_version 2 --fsdp_sharding_strategy FULL_SHARD --fsdp_state_dict_type FULL_STATE_DICT \
-  --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP -m llavakit.eval.train_bench $ARGS --out $W/fsdp2 2>&1 \
+  --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer,CLIPEncoderLayer -m llavakit.eval.train_bench $ARGS --out $W/fsdp2 2>&1 \
   | grep -v "$F" | tail -5 | tee -a $OUT/log.txt
 for d in gpu1 ddp2 fsdp2; do [ -f $W/$d/train_bench.json ] && cp $W/$d/train_bench.json $OUT/$d.json; done; true

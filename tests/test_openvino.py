@@ -110,7 +110,9 @@ def test_openvino_genai_vlmpipeline_loads_our_export(tiny_export, ov_pipeline):
         tensors = [ov.Tensor(np.asarray(im)[None]) for im in images]
         theirs = pipe.generate(prompt, images=tensors, generation_config=config).texts[0]
         ours = ov_pipeline.generate(prompt, images=images, max_new_tokens=24).text
-        assert ours == theirs
+        # GenAI keeps the U+FFFD of a character cut by max_new_tokens; llavakit drops it (text == streamed pieces)
+        assert ours == theirs.rstrip("\ufffd")
+        assert len(ours) > 0
 
 
 def test_openvino_path_does_not_import_torch(tiny_export, tmp_path):

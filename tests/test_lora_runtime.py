@@ -190,7 +190,7 @@ def test_chat_command_takes_an_adapter_with_alpha(lora_pipe: Pipeline, lora_expo
 
 def test_server_selects_the_adapter_by_model(lora_pipe: Pipeline, lora_export: Path, adapters: dict[str, Path]) -> None:
     server = Server(lora_export, "--served-model-name", "tiny", "--slots", "2", "--adapter", f"a={adapters['a']}",
-                    "--adapter", f"b={adapters['b']}")
+                    "--adapter", f"b={adapters['b']}", "--ui")
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
         assert [m.id for m in client.models.list()] == ["tiny", "a", "b"]
@@ -218,8 +218,51 @@ def test_server_selects_the_adapter_by_model(lora_pipe: Pipeline, lora_export: P
         with pytest.raises(openai.NotFoundError, match="model_not_found|not served"):
             client.chat.completions.create(model="c", messages=messages, max_tokens=2)
         assert client.chat.completions.create(model="b", messages=messages, max_tokens=2).choices[0].message.content
+        if Path(CHROMIUM).exists():  # the web chatbot's adapter picker, in a real browser, on the same server
+            _ui_answers_with_the_picked_adapter(server, client)
     finally:
         server.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _ui_answers_with_the_picked_adapter(server: Server, client: openai.OpenAI) -> None:
+    from playwright.sync_api import sync_playwright
+
+    def api(model: str) -> str:
+        return client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello there"}],
+                                              max_tokens=6, temperature=0,
+                                              extra_body={"repetition_penalty": 1.0}).choices[0].message.content
+
+    want, base = api("b"), api("tiny")
+    assert want != base  # else picking the adapter could not be seen
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.goto(server.url + "/ui/")
+        page.get_by_text("Generation settings").click()
+        for label, value in (("max new tokens", "6"), ("repetition penalty", "1")):
+            box = page.locator(f"input[aria-label='number input for {label}']")
+            box.fill(value)
+            box.press("Enter")
+            page.wait_for_timeout(200)
+            assert box.input_value() == value, label
+        picker = page.get_by_label("adapter")
+        picker.click()
+        page.get_by_role("option", name="b", exact=True).click()
+        assert picker.input_value() == "b"
+        page.locator("#message textarea").fill("Hello there")
+        page.locator("#message textarea").press("Enter")
+        page.wait_for_function("document.querySelector('#stats').innerText.includes('tokens/s')", timeout=30_000)
+        shown = page.locator("#chat .message-row.bot-row").all_inner_texts()[-1].strip()
+        browser.close()
+    assert _plain(shown) == _plain(want)
+
+
+def _plain(text: str) -> str:
+    """Text as the chat shows it: the Chatbot renders Markdown, so emphasis marks and the like vanish."""
+    return "".join(ch for ch in text if ch not in "*_`~#\\\ufffd" and not ch.isspace())
 
 
 def test_hf_checkpoint_with_adapters_is_exported_with_slots_once(tiny_llava: Path, adapters: dict[str, Path],

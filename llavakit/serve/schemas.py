@@ -5,7 +5,7 @@ meaning (tools, n > 1, logprobs, JSON mode, penalties we do not implement) are r
 with a 400 naming them, rather than ignored. ``top_k``, ``repetition_penalty`` and
 ``ignore_eos`` are llavakit extensions (the ``openai`` client sends them via
 ``extra_body``; ``ignore_eos`` has vLLM's meaning). ``model`` names an entry of
-``/v1/models``: today the base model, later also LoRA adapters.
+``/v1/models``: the base model and each LoRA adapter served with ``--adapter name=PATH``.
 """
 
 from __future__ import annotations

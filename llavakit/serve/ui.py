@@ -7,7 +7,7 @@ says so instead of hanging. Images are uploaded or pasted into the message box;
 the conversation (text and images) stays in the session's state, answers stream in
 piece by piece, the Stop button cancels the job (its slot is free after the current
 token), and each answer shows its time to first token and decode speed. The adapter
-picker lists the engine's models ("base" today; LoRA adapters when they arrive).
+picker lists the engine's models: "base" and each LoRA adapter served with `--adapter`.
 """
 
 from __future__ import annotations

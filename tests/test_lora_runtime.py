@@ -218,6 +218,17 @@ def test_server_selects_the_adapter_by_model(lora_pipe: Pipeline, lora_export: P
         with pytest.raises(openai.NotFoundError, match="model_not_found|not served"):
             client.chat.completions.create(model="c", messages=messages, max_tokens=2)
         assert client.chat.completions.create(model="b", messages=messages, max_tokens=2).choices[0].message.content
+        # a weight or a mix rides in the model id ("a:0.5", "a:0.5+b:0.5"): same answer as the Pipeline's
+        for model, adapter in (("a:0.5", "a:0.5"), ("a:0.5+b:0.5", {"a": 0.5, "b": 0.5})):
+            reply = client.chat.completions.create(model=model, messages=messages, max_tokens=6, temperature=0,
+                                                   extra_body={"ignore_eos": True})
+            assert reply.choices[0].message.content == "".join(local.stream("What is it?", [image], adapter=adapter,
+                                                                            **KW)), model
+        for bad in ("a:x", "c:0.5", "a:0.5+a:1"):
+            with pytest.raises(openai.NotFoundError, match="mix"):
+                client.chat.completions.create(model=bad, messages=messages, max_tokens=2)
+        with pytest.raises(openai.BadRequestError, match="finite"):
+            client.chat.completions.create(model="a:nan", messages=messages, max_tokens=2)
         if Path(CHROMIUM).exists():  # the web chatbot's adapter picker, in a real browser, on the same server
             _ui_answers_with_the_picked_adapter(server, client)
     finally:

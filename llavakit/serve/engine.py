@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -40,7 +41,7 @@ class ModelEntry:
     """One servable model id: the base model (adapter None) or a LoRA adapter (its name)."""
 
     id: str
-    adapter: str | None = None
+    adapter: str | dict[str, float] | None = None  # a name, or {name: weight} for "a:0.5+b:0.5"
     parent: str | None = None  # the base model's id, for adapters
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -100,8 +101,34 @@ class Engine:
         for entry in self.models:
             if entry.id == name:
                 return entry
-        raise APIError(404, f"model {name!r} is not served here; available: {[m.id for m in self.models]}",
+        mix = self._adapter_mix(name)
+        if mix is not None:
+            return ModelEntry(name, adapter=mix, parent=self.settings.model_name)
+        raise APIError(404, f"model {name!r} is not served here; available: {[m.id for m in self.models]}, "
+                            "or an adapter with a weight ('name:0.5') or a mix ('a:0.5+b:0.5')",
                        code="model_not_found", param="model")
+
+    def _adapter_mix(self, name: str) -> dict[str, float] | None:
+        """``"a:0.5"`` or ``"a:0.5+b:0.5"`` over the served adapters -> {name: weight}; None if it is not one.
+
+        Why in the model id: OpenAI's request has no adapter field, and clients only let users pick a
+        model, so the id carries the weights; nothing new is compiled (runtime/lora.py).
+        """
+        names = set(self.pipeline.adapters)
+        mix: dict[str, float] = {}
+        for part in name.split("+"):
+            adapter, sep, weight = part.strip().rpartition(":")
+            if not sep or adapter not in names or adapter in mix:
+                return None
+            try:
+                value = float(weight)
+            except ValueError:
+                return None
+            if not math.isfinite(value):
+                raise APIError(400, f"model {name!r}: adapter weight {weight!r} must be a finite number",
+                               param="model")
+            mix[adapter] = value
+        return mix
 
     def submit(self, chat: ChatJob, sink: Callable[[Event], None]) -> Job:
         """Queue a generation; ``sink`` gets its events from the worker thread. Raises QueueFullError."""

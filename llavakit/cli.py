@@ -221,12 +221,14 @@ def demo(
     image: Annotated[Optional[Path], typer.Option("--image", "-i", help="Image (default: the bundled example).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 64,
 ) -> None:
-    """Chat about an image with the built-in demo model (built offline on first use)."""
+    """Chat about an image with the default model, budget (assembled offline on first use)."""
+    from llavakit.checkpoints.budget import BUDGET_DESCRIPTION, budget_available
     from llavakit.checkpoints.demo import DEMO_DESCRIPTION, EXAMPLE_IMAGE
     from llavakit.cli_chat import one_shot, open_pipeline
 
-    err.print(DEMO_DESCRIPTION, style="yellow")
-    pipe = open_pipeline("demo", None, None, err)
+    trained = budget_available()  # a build without budget's trained parts falls back to the untrained demo
+    err.print(BUDGET_DESCRIPTION if trained else DEMO_DESCRIPTION, style="yellow")
+    pipe = open_pipeline("budget" if trained else "demo", None, None, err)
     picture = str(image or EXAMPLE_IMAGE)
     out.print(f"[dim]image:[/] {picture}\n[dim]you:[/] {question}")
     settings = {"max_new_tokens": max_new_tokens, "repetition_penalty": 1.2}  # a 135M LM loops without it

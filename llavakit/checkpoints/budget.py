@@ -35,6 +35,23 @@ BUDGET_NAME = "budget"
 NEW_ROWS = "new_token_rows.safetensors"
 
 
+BUDGET_DESCRIPTION = (
+    "Default model 'budget': SmolLM2-135M-Instruct (a real, pretrained language model) + a vision tower and "
+    "projector trained by llavakit on shapes world (synthetic scenes of coloured shapes and words). It sees "
+    "shapes, colours, counts and printed words (about 72% on the shapes-world test split; weakest on left/right) "
+    "and chats like SmolLM2; on photographs its answers are guesses."
+)
+
+
+def budget_available() -> bool:
+    """Whether this llavakit carries budget's trained parts (the demo then talks to budget)."""
+    try:
+        budget_parts_dir()
+    except ModelLoadError:
+        return False
+    return True
+
+
 def budget_parts_dir() -> Path:
     """The committed trained parts of budget (adapter + new token rows)."""
     path = Path(str(files("llavakit") / "assets" / "models" / BUDGET_NAME))

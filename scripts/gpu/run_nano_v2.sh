@@ -29,13 +29,7 @@ T=$((BUDGET_S - SECONDS - 60)); echo "[$(date +%T)] nano: $STEPS steps, ${T}s al
 timeout $T python3 scripts/gpu/train_defaults.py nano --data $W/data --work $W/work --steps $STEPS --batch 128 \
   --lr ${LR:-1e-3} --workers 15 --seed ${SEED:-0} --vision $W/vision --freeze-vision 2>&1 | grep -v "it/s\]\|Warning\|warn("
 M=$W/work/nano/model
-if [ ! -f $M/llavakit_train.json ]; then  # cut by the timeout: take the last committed checkpoint
-  C=$(ls -d $M/checkpoints/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1); echo "using $C"
-  python3 -c "
-from transformers import AutoProcessor, LlavaForConditionalGeneration as L
-L.from_pretrained('$C').save_pretrained('$M'); AutoProcessor.from_pretrained('$W/work/nano/base').save_pretrained('$M')"
-  touch $M/llavakit_train.json
-fi
+bash scripts/gpu/take_last_checkpoint.sh $M $W/work/nano/base  # cut by the timeout?
 python3 scripts/gpu/train_defaults.py eval --model $M --data $W/data/test.json --out $W/nano_eval.json --batch 250 2>&1 | grep -v "it/s\]\|Warning"
 python3 scripts/gpu/train_defaults.py parts --work $W/work --out $W/parts 2>&1 | grep -v "it/s\]" | tail -3
 cp $M/train_log.csv $W/nano_eval.json $W/vision_log.txt $W/parts/nano/

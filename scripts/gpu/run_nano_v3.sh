@@ -12,13 +12,7 @@ timeout ${TRAIN_TIMEOUT:-360} python3 scripts/gpu/train_defaults.py nano --data 
   --steps ${STEPS:-6000} --batch 128 --lr ${LR:-5e-4} --workers 15 --seed ${SEED:-3} --init $W/init/nano \
   --freeze-vision 2>&1 | grep -v "it/s\]\|Warning\|warn(" | tail -5
 M=$W/work/nano/model
-if [ ! -f $M/llavakit_train.json ]; then  # cut by the timeout: take the last committed checkpoint
-  C=$(ls -d $M/checkpoints/checkpoint-* 2>/dev/null | sort -t- -k2 -n | tail -1); echo "using $C"
-  python3 -c "
-from transformers import AutoProcessor, LlavaForConditionalGeneration as L
-L.from_pretrained('$C').save_pretrained('$M'); AutoProcessor.from_pretrained('$W/init/nano').save_pretrained('$M')"
-  touch $M/llavakit_train.json
-fi
+bash scripts/gpu/take_last_checkpoint.sh $M $W/init/nano  # cut by the timeout?
 python3 scripts/gpu/train_defaults.py eval --model $M --data $W/data/test.json --out $W/nano_eval.json --batch 250 2>&1 | grep -v "it/s\]\|Warning" | tail -3
 python3 scripts/gpu/train_defaults.py parts --work $W/work --out $W/parts 2>&1 | grep -v "it/s\]" | tail -3
 cp $M/train_log.csv $W/nano_eval.json $W/parts/nano/

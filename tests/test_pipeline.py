@@ -140,11 +140,6 @@ def test_unknown_backend_and_device(tiny_llava):
             Pipeline(tiny_llava, backend="torch", device="cuda")
 
 
-def test_reserved_names_say_what_to_do():
-    with pytest.raises(LlavakitError, match="'budget' has no trained parts"):
-        Pipeline("budget")
-
-
 @pytest.mark.parametrize("mode,size", [("RGBA", (1, 1)), ("I;16", (33, 17)), ("CMYK", (20, 200)), ("P", (300, 7)),
                                        ("L", (1, 1)), ("1", (64, 64))])
 def test_unusual_images_run_end_to_end(tiny_pipeline, tmp_path, mode, size):

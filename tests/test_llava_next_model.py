@@ -205,7 +205,8 @@ def test_openvino_genai_vlmpipeline_loads_the_llava_next_export(next_export, ov_
         tensors = [ov.Tensor(np.asarray(im)[None]) for im in images]
         theirs = pipe.generate("What is it?", images=tensors, generation_config=config).texts[0]
         ours = ov_next.generate("What is it?", images=images, max_new_tokens=16).text
-        assert ours == theirs, images
+        # GenAI keeps trailing U+FFFD of bytes cut by max_new_tokens; llavakit drops them (text == streamed pieces)
+        assert ours == theirs.rstrip("\ufffd"), images
 
 
 MISTRAL_LLAVA_TEMPLATE = (  # the shape of llava-hf/llava-v1.6-mistral-7b-hf's template: [INST] <image>\nQ [/INST]

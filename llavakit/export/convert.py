@@ -9,7 +9,7 @@ still specialise kernels on the fixed dimensions.
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 import openvino as ov
 import torch
@@ -26,14 +26,9 @@ def _convert(module: torch.nn.Module, example: tuple, shapes: list[ov.PartialSha
     if lora is not None:
         factors, factor_shapes = lora.examples()
         module, example, shapes = WithLoraInputs(module, lora, len(example)), (*example, *factors), shapes + factor_shapes
-    with torch.no_grad(), warnings.catch_warnings(), (lora.hooked() if lora else _nothing()):
+    with torch.no_grad(), warnings.catch_warnings(), (lora.hooked() if lora else nullcontext()):
         warnings.simplefilter("ignore")  # tracer warnings about Python-side branches we have checked
         return ov.convert_model(module.eval(), example_input=example, input=shapes)
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def _name(ports, names: list[str]) -> None:

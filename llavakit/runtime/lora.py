@@ -112,16 +112,19 @@ def _scale(config: dict, module: str, rank: int) -> float:
     return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
 
 
+class AdapterWeightError(LlavakitError):
+    """An adapter weight that is not a finite number (the server answers 400, not 404, for it)."""
+
+
 def parse_spec(spec: AdapterSpec, known: list[str]) -> Mix:
-    """Normalise ``adapter=`` into a sorted ``((name, weight), ...)``; unknown names are an error."""
+    """Normalise ``adapter=`` into a sorted ``((name, weight), ...)``; unknown names are an error.
+
+    A string is a name, ``"name:alpha"``, or a mix ``"a:0.5+b:0.5"`` (how the server's model ids carry one).
+    """
     if spec is None or spec == "" or spec == {}:
         return ()
     if isinstance(spec, str):
-        name, sep, alpha = spec.rpartition(":") if spec not in known and ":" in spec else (spec, "", "")
-        try:
-            spec = {name: float(alpha) if sep else 1.0}
-        except ValueError:
-            raise LlavakitError(f"adapter {spec!r}: the alpha after ':' must be a number") from None
+        spec = _parse_text(spec, known)
     if not isinstance(spec, dict):
         raise LlavakitError(f"adapter must be a name, 'name:alpha' or {{name: weight}}, got {type(spec).__name__}")
     unknown = sorted(set(spec) - set(known))
@@ -129,8 +132,24 @@ def parse_spec(spec: AdapterSpec, known: list[str]) -> Mix:
         raise LlavakitError(f"unknown adapter(s) {unknown}; loaded: {known or 'none (pass adapters= to Pipeline)'}")
     for name, weight in spec.items():
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise LlavakitError(f"adapter {name!r}: weight must be a finite number, got {weight!r}")
+            raise AdapterWeightError(f"adapter {name!r}: weight must be a finite number, got {weight!r}")
     return tuple(sorted((n, float(w)) for n, w in spec.items() if w != 0))
+
+
+def _parse_text(text: str, known: list[str]) -> dict[str, float]:
+    """``"a"``, ``"a:0.5"`` or ``"a:0.5+b:0.5"`` → {name: weight}; a name may itself hold ':' or '+'."""
+    if text in known:
+        return {text: 1.0}
+    mix: dict[str, float] = {}
+    for part in text.split("+"):
+        name, sep, alpha = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "")
+        if name in mix:
+            raise LlavakitError(f"adapter {name!r} appears twice in {text!r}")
+        try:
+            mix[name] = float(alpha) if sep else 1.0
+        except ValueError:
+            raise LlavakitError(f"adapter {part!r}: the alpha after ':' must be a number") from None
+    return mix
 
 
 def parse_adapter_arg(text: str) -> tuple[str, float]:

@@ -121,9 +121,7 @@ class OpenVINOBackend:
     # --- LoRA -------------------------------------------------------------------------------
     def load_adapters(self, adapters: dict[str, str | Path]) -> None:
         """Load PEFT adapters (name → directory) for per-request use; needs an export with LoRA slots."""
-        if self.lora is None:
-            AdapterSet(self.model_dir, adapters)  # raises: exported without LoRA slots
-        self.lora = AdapterSet(self.model_dir, adapters)
+        self.lora = AdapterSet(self.model_dir, adapters)  # raises for an export without LoRA slots
         self._feature_caches, self._bound = {(): self._features}, None
         self.bind_adapter(())
 

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -114,21 +113,16 @@ class Engine:
         Why in the model id: OpenAI's request has no adapter field, and clients only let users pick a
         model, so the id carries the weights; nothing new is compiled (runtime/lora.py).
         """
-        names = set(self.pipeline.adapters)
-        mix: dict[str, float] = {}
-        for part in name.split("+"):
-            adapter, sep, weight = part.strip().rpartition(":")
-            if not sep or adapter not in names or adapter in mix:
-                return None
-            try:
-                value = float(weight)
-            except ValueError:
-                return None
-            if not math.isfinite(value):
-                raise APIError(400, f"model {name!r}: adapter weight {weight!r} must be a finite number",
-                               param="model")
-            mix[adapter] = value
-        return mix
+        from llavakit.runtime.lora import AdapterWeightError, parse_spec
+
+        if not all(":" in part for part in name.split("+")):  # every part names its weight
+            return None
+        try:
+            return dict(parse_spec(name, self.pipeline.adapters))
+        except AdapterWeightError as exc:
+            raise APIError(400, f"model {name!r}: {exc}", param="model") from None
+        except LlavakitError:
+            return None
 
     def submit(self, chat: ChatJob, sink: Callable[[Event], None]) -> Job:
         """Queue a generation; ``sink`` gets its events from the worker thread. Raises QueueFullError."""

@@ -1,0 +1,283 @@
+"""Train a speculative-decoding draft for the ``budget`` model (one GPU call, a few minutes).
+
+Why this shape: the draft only has to predict what budget itself will say, greedily, from the text the
+runtime shows it (``runtime/speculative.py`` gives the draft the prompt's text tokens without image
+positions, then the answer so far). So the training data is budget's own greedy output (sequence-level
+distillation) on the two kinds of prompts the demo sees:
+
+- text chat: user turns sampled from budget itself (temperature 1) plus ``general_prompts.txt``;
+- image questions: shapes-world questions with their images, answered by budget with the image
+  (the draft then learns the answer formats it can predict without seeing the image).
+
+The draft is a 2-layer Llama on SmolLM2's vocabulary whose embedding starts as the PCA of SmolLM2's
+(the vocabulary is most of a small draft's parameters; a good start saves most of the training).
+A plain loop is enough here: one small model, one GPU, minutes.
+
+Usage (GPU machine, GGUF and wheels as in run_budget_v2.sh)::
+
+    python3 scripts/gpu/train_draft.py --gguf G.gguf --data SHAPES_DIR --work W --out OUT_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+GENERAL_PROMPTS = Path(__file__).with_name("general_prompts.txt")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke test of the script only
+
+
+def log(msg: str) -> None:
+    print(f"[draft {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def budget_teacher(gguf: Path, work: Path):
+    """Assemble budget (SmolLM2 from the GGUF + the committed parts) and load it on the GPU."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from llavakit.checkpoints.budget import ensure_budget_model
+    from llavakit.checkpoints.gguf_lm import SMOLLM2_DIRNAME, convert_gguf_lm, is_complete
+
+    if not is_complete(work / SMOLLM2_DIRNAME):
+        convert_gguf_lm(gguf, work / SMOLLM2_DIRNAME)
+    model_dir = ensure_budget_model(work)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(DEV).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    processor.tokenizer.padding_side = "left"
+    return model, processor, model_dir, work / SMOLLM2_DIRNAME
+
+
+def render(processor, content: list[dict]) -> str:
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+@torch.no_grad()
+def sample_user_turns(model, processor, n: int, batch: int) -> list[str]:
+    """User questions written by the model itself: the template up to the user's text, sampled at T=1."""
+    tok = processor.tokenizer
+    marker = "QQSPLITQQ"
+    full = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": marker}]}],
+                                         tokenize=False)
+    prefix = full.split(marker)[0]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    out: list[str] = []
+    while len(out) < n:
+        enc = tok([prefix] * batch, return_tensors="pt", add_special_tokens=False).to(DEV)
+        gen = model.generate(**enc, max_new_tokens=40, do_sample=True, temperature=1.0, top_p=0.95,
+                             eos_token_id=end, pad_token_id=end)
+        for row in gen[:, enc["input_ids"].shape[1]:]:
+            ids = row.tolist()
+            if end not in ids:
+                continue  # cut mid-question: not a question a user would send
+            text = tok.decode(ids[: ids.index(end)], skip_special_tokens=True).strip()
+            if 8 <= len(text) <= 300:
+                out.append(text)
+    return out[:n]
+
+
+@torch.no_grad()
+def greedy_answers(model, processor, prompts: list[str], images: list | None, batch: int, max_new: int) -> list[list[int]]:
+    """budget's greedy answer token ids (eos included when it stopped) for each prompt."""
+    tok = processor.tokenizer
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    answers: list[list[int]] = []
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i: i + batch]
+        if images is None:
+            texts = [render(processor, [{"type": "text", "text": p}]) for p in chunk]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(DEV)
+        else:
+            texts = [render(processor, [{"type": "image"}, {"type": "text", "text": p}]) for p in chunk]
+            enc = processor(text=texts, images=images[i: i + batch], return_tensors="pt", padding=True).to(DEV)
+        gen = model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=end, pad_token_id=end)
+        for row in gen[:, enc["input_ids"].shape[1]:]:
+            ids = row.tolist()
+            answers.append(ids[: ids.index(end) + 1] if end in ids else ids)
+        log(f"answered {min(i + batch, len(prompts))}/{len(prompts)}")
+    return answers
+
+
+def draft_sequences(processor, prompts: list[str], answers: list[list[int]], with_image: bool) -> list[tuple[list[int], int]]:
+    """(ids, prompt length) as the runtime shows the draft: rendered prompt minus image tokens, then the answer."""
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<image>")
+    rows = []
+    for p, a in zip(prompts, answers):
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": p}]
+        ids = [t for t in tok(render(processor, content), add_special_tokens=False)["input_ids"] if t != image_id]
+        if a:
+            rows.append((ids + a, len(ids)))
+    return rows
+
+
+def shapes_questions(data: Path, n: int, seed: int) -> tuple[list[str], list]:
+    """First question of n shapes-world samples, with their images."""
+    from PIL import Image
+
+    samples = json.loads((data / "train.json").read_text())
+    random.Random(seed).shuffle(samples)
+    questions, images = [], []
+    for s in samples[:n]:
+        q = s["conversations"][0]["value"].replace("<image>", "").strip()
+        questions.append(q)
+        images.append(Image.open(data / s["image"]).convert("RGB"))
+    return questions, images
+
+
+def build_draft(lm_dir: Path, hidden: int, layers: int):
+    """A small Llama on SmolLM2's vocabulary; embedding (tied head) = PCA of SmolLM2's embedding."""
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = json.loads((lm_dir / "config.json").read_text())
+    heads = hidden // 64
+    config = LlamaConfig(vocab_size=base["vocab_size"], hidden_size=hidden, intermediate_size=hidden * 3,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                         head_dim=64, max_position_embeddings=base["max_position_embeddings"],
+                         rope_parameters=base.get("rope_parameters", {"rope_type": "default", "rope_theta": 100000.0}),
+                         rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=base.get("bos_token_id"),
+                         eos_token_id=base.get("eos_token_id"), pad_token_id=base.get("pad_token_id"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    weights = load_file(str(lm_dir / "model.safetensors"))
+    emb = weights["model.embed_tokens.weight"].float().to(DEV)  # (V, 576)
+    centred = emb - emb.mean(0, keepdim=True)
+    _, _, v = torch.pca_lowrank(centred, q=hidden, center=False)  # v: (576, hidden)
+    small = centred @ v  # (V, hidden)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_((small / small.std() * 0.05).cpu())
+    return model
+
+
+def pad_batch(chunk: list[tuple[list[int], int]], max_len: int, pad: int):
+    """Right-padded (ids, mask, labels), each (B, T); labels only on answer tokens; long rows keep their end."""
+    length = min(max_len, max(len(ids) for ids, _ in chunk))
+    ids = torch.full((len(chunk), length), pad, dtype=torch.long)
+    labels = torch.full((len(chunk), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(chunk), length), dtype=torch.long)
+    for b, (seq, n_prompt) in enumerate(chunk):
+        cut = seq[-length:]
+        n_prompt = max(0, n_prompt - (len(seq) - len(cut)))
+        ids[b, : len(cut)] = torch.tensor(cut)
+        mask[b, : len(cut)] = 1
+        labels[b, n_prompt: len(cut)] = torch.tensor(cut[n_prompt:])
+    return ids, mask, labels
+
+
+def batches(rows: list[tuple[list[int], int]], size: int, max_len: int, pad: int, rng: random.Random):
+    """Endless shuffled padded batches."""
+    order = list(range(len(rows)))
+    while True:
+        rng.shuffle(order)
+        for i in range(0, len(order) - size + 1, size):
+            yield pad_batch([rows[j] for j in order[i: i + size]], max_len, pad)
+
+
+@torch.no_grad()
+def agreement(model, rows: list[tuple[list[int], int]], pad: int) -> float:
+    """Teacher-forced top-1 agreement with budget's greedy answer tokens (a proxy for acceptance)."""
+    model.eval()
+    hit = total = 0
+    for i in range(0, len(rows), 64):
+        ids, mask, labels = pad_batch(rows[i: i + 64], 512, pad)
+        logits = model(input_ids=ids.to(DEV), attention_mask=mask.to(DEV)).logits  # (B, T, V)
+        pred = logits[:, :-1].argmax(-1)
+        gold = labels[:, 1:].to(DEV)
+        keep = gold != -100
+        hit += int((pred[keep] == gold[keep]).sum())
+        total += int(keep.sum())
+    model.train()
+    return hit / max(1, total)
+
+
+def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int) -> list[dict]:
+    model.to(DEV).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
+    warm = max(1, steps // 30)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    history = []
+    start = time.time()
+    for step, (ids, mask, labels) in enumerate(batches(rows, batch, 512, pad, random.Random(1))):
+        if step >= steps:
+            break
+        with torch.autocast(DEV, dtype=torch.bfloat16):
+            loss = model(input_ids=ids.to(DEV), attention_mask=mask.to(DEV), labels=labels.to(DEV)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        if step % 250 == 0 or step == steps - 1:
+            row = {"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - start, 1)}
+            if step % 1000 == 0 or step == steps - 1:
+                row.update({k: round(agreement(model, v, pad), 4) for k, v in held.items()})
+            history.append(row)
+            log(json.dumps(row))
+    return history
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gguf", required=True), ap.add_argument("--data", required=True)
+    ap.add_argument("--work", required=True), ap.add_argument("--out", required=True)
+    ap.add_argument("--text-prompts", type=int, default=12000), ap.add_argument("--image-prompts", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=4000), ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3), ap.add_argument("--sizes", default="256x2,384x3")
+    a = ap.parse_args()
+    work, out = Path(a.work), Path(a.out)
+    work.mkdir(parents=True, exist_ok=True), out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    model, processor, model_dir, lm_dir = budget_teacher(Path(a.gguf), work)
+    log(f"budget assembled in {time.time() - t0:.0f} s")
+    cache = work / "draft_data.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+    else:
+        general = [p.strip() for p in GENERAL_PROMPTS.read_text().splitlines() if p.strip()]
+        user = sample_user_turns(model, processor, a.text_prompts, 1024) + general * 4
+        log(f"{len(user)} text prompts, e.g. {user[:3]}")
+        text_answers = greedy_answers(model, processor, user, None, 1024, 192)
+        questions, images = shapes_questions(Path(a.data), a.image_prompts, 0)
+        image_answers = greedy_answers(model, processor, questions, images, 512, 64)
+        data = {"text": draft_sequences(processor, user, text_answers, False),
+                "image": draft_sequences(processor, questions, image_answers, True),
+                "examples": [[user[i], processor.tokenizer.decode(text_answers[i])] for i in range(5)]
+                + [[questions[i], processor.tokenizer.decode(image_answers[i])] for i in range(5)]}
+        cache.write_text(json.dumps(data))
+    log(f"data: {len(data['text'])} text + {len(data['image'])} image sequences ({time.time() - t0:.0f} s); "
+        f"examples {data['examples'][:2]} {data['examples'][5:7]}")
+    del model
+    if DEV == "cuda":
+        torch.cuda.empty_cache()
+    rng = random.Random(0)
+    for key in ("text", "image"):
+        rng.shuffle(data[key])
+    n_held = {k: min(300, len(data[k]) // 5) for k in ("text", "image")}
+    held = {f"agree_{k}": data[k][:n] for k, n in n_held.items()}
+    rows = data["text"][n_held["text"]:] + data["image"][n_held["image"]:] * 2
+    if len(rows) < a.batch:
+        raise SystemExit(f"only {len(rows)} training sequences for batch {a.batch}")
+    pad = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    report = {"examples": data["examples"], "drafts": {}}
+    for size in a.sizes.split(","):
+        hidden, layers = map(int, size.split("x"))
+        draft = build_draft(lm_dir, hidden, layers)
+        params = sum(p.numel() for p in draft.parameters())
+        log(f"draft {size}: {params / 1e6:.1f} M parameters")
+        history = train(draft, rows, held, a.steps, a.batch, a.lr, pad)
+        target = out / f"draft-{size}"
+        draft.to(torch.float16).save_pretrained(target)
+        processor.tokenizer.save_pretrained(target)
+        report["drafts"][size] = {"params_m": round(params / 1e6, 2), "history": history}
+    (out / "draft_report.json").write_text(json.dumps(report, indent=1))
+    log(f"done in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,7 @@ from llavakit.checkpoints.random_parts import make_random_lm
 from llavakit.errors import LlavakitError, ModelLoadError
 from llavakit.export.draft import export_draft_lm
 from llavakit.runtime.ov_backend import OVPrompt
-from llavakit.runtime.speculative import rejection_step
+from llavakit.runtime.speculative import HOLE, TargetKV, rejection_step
 
 
 @pytest.fixture(scope="module")
@@ -87,23 +87,60 @@ def test_random_draft_is_mostly_rejected_and_sampling_runs(spec_other) -> None:
     assert again.token_ids == result.token_ids  # same seed, same answer
 
 
-def test_state_after_a_rejection_equals_a_fresh_prefill(spec_other, red_image) -> None:
+def _state_length(backend) -> int:
+    """Physical positions in the target's KV state (read from OpenVINO, not from our bookkeeping)."""
+    return int(backend._lm.query_state()[0].state.shape[2])
+
+
+def test_holes_give_the_logits_of_a_trimmed_state_and_compact_once(spec_other, red_image) -> None:
     backend, spec = spec_other.backend, spec_other.speculative
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
     prepared = backend.prepare(messages, [red_image])
     backend.reset()
     first = int(np.argmax(backend.prefill(prepared)))
     n = len(backend._state_keys)
-    rows = spec._verify([first, 5, 6, 7])  # (4, V)
-    backend._trim_state(n + 1)  # all three proposals rejected: keep ``first`` only
-    got = backend.decode_one(9)  # (V,)
-    backend.reset()
-    scratch = OVPrompt(prepared.token_ids + [first, 9], prepared.images, prepared.digests, prepared.keys + [first, 9])
-    expected = backend.prefill(scratch)
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    kv = TargetKV(backend)
+    rows = kv.verify([first, 5, 6, 7])  # (4, V)
+    kv.reject(3)  # all three proposals rejected: they stay in the state, masked
+    got = kv.verify([9, 11])  # (2, V) positions n+1, n+2 over valid tokens
+    assert _state_length(backend) == n + 6 and kv.valid == n + 3 and backend._state_keys.count(HOLE) == 3
+    kv.reject(1)  # 11 rejected too: holes at two places
+    got_next = kv.verify([12])  # (1, V)
+    kv.close()
+    assert backend._state_keys == prepared.keys + [first, 9, 12]
+    assert _state_length(backend) == n + 3  # compacted: one physical position per valid key
+    compacted = backend.decode_one(13)  # (V,) the engine's own decode on the compacted state
+    cases = (([first, 9], got[0]), ([first, 9, 11], got[1]), ([first, 9, 12], got_next[0]),
+             ([first, 9, 12, 13], compacted))
+    for extra, expected in cases:
+        backend.reset()  # reference: the same valid tokens prefilled from nothing, no holes
+        scratch = OVPrompt(prepared.token_ids + extra, prepared.images, prepared.digests, prepared.keys + extra)
+        np.testing.assert_allclose(expected, backend.prefill(scratch), atol=1e-4)
     backend.reset()
     backend.prefill(prepared)
     np.testing.assert_allclose(rows[0], backend.decode_one(first), atol=1e-4)  # multi-position logits are right
+
+
+def test_turn_two_with_rejections_equals_plain_and_the_state_is_compacted(plain, spec_other, red_image) -> None:
+    spec_other.speculative.k = 3
+    ref, spec = plain.chat(), spec_other.chat()
+    settings = dict(max_new_tokens=12, ignore_eos=True)
+    one = spec.send("what is it?", [red_image], **settings)
+    assert one.token_ids == ref.send("what is it?", [red_image], **settings).token_ids
+    stats = one.speculative
+    assert stats.drafted > stats.accepted  # there were rejections, so holes
+    backend = spec_other.backend
+    assert HOLE not in backend._state_keys and _state_length(backend) == len(backend._state_keys)
+    two = spec.send("and then?", **settings)
+    plain_two = ref.send("and then?", **settings)
+    assert two.token_ids == plain_two.token_ids
+    assert two.metrics.cached_tokens >= plain_two.metrics.cached_tokens > 0  # the prefix reuse still works
+    assert _state_length(backend) == len(backend._state_keys)
+    # A generation closed mid-way (a client gone) compacts too.
+    generation = spec_other.stream("tell me a story", max_new_tokens=40, ignore_eos=True)
+    next(iter(generation))
+    generation._pieces.close()
+    assert HOLE not in backend._state_keys and _state_length(backend) == len(backend._state_keys)
 
 
 def test_multi_turn_chat_with_a_draft_reuses_the_cache(plain, spec_other, red_image) -> None:

@@ -16,8 +16,34 @@ One round, with ``t`` the last emitted token (in neither KV state yet):
    else the token is resampled from ``norm(max(0, p - q))``. If all k are
    accepted, a bonus token comes from ``Pk``. The output distribution is the
    target's; greedy output equals non-speculative greedy output.
-4. The target's KV state is trimmed to the accepted prefix (the same trim the
-   engine uses for KV-prefix reuse); the draft's state is resynced lazily.
+4. Rejected positions stay in the target's KV state as *holes* (see below); the
+   draft's state is resynced lazily (trimmed to the common prefix: it is tiny).
+
+Holes instead of a trim per round (:class:`TargetKV`). An OpenVINO stateful LM
+can only append to its state; cutting rejected positions off means reading
+every state tensor, slicing and writing it back (``_trim_state``, and GenAI does
+the same copy). On the budget model (SmolLM2-135M target, 2-core CPU) that copy
+cost 10–15 ms at 300–1000 positions against a 22 ms decode step and a 31–39 ms
+verify pass: half a decode step, paid on most rounds. The exported LM honours
+zeros in ``attention_mask`` for PAST positions, so rejected positions are left
+in place, masked out (mask 0), and new tokens get ``position_ids`` = the number
+of VALID positions before them, so RoPE positions stay contiguous over the
+tokens that count. The logits equal those of a trimmed state (tested).
+- Holes are keys ``HOLE`` in the backend's ``_state_keys`` (one key per
+  physical position, as before). ``prefill``'s common-prefix match stops at a
+  hole, so even a state left holey is reused correctly (only up to the hole).
+- The state is compacted ONCE per generation, when it ends (normal end, eos,
+  stop string, an error or the consumer closing the generator): one gather of
+  the valid positions, and ``_state_keys`` becomes the valid keys, so the
+  engine's KV-prefix reuse in the next turn or request works unchanged.
+- Holes take KV room and attention work: the state is also compacted mid-run
+  when holes exceed ``TargetKV.max_holes`` (64: a copy every ~20 rounds at
+  worst) or when the next verify pass would push the PHYSICAL length past the
+  model's context. Position ids never exceed the valid length, which the
+  token budget bounds as before.
+- "Still ours" is the identity of the ``_state_keys`` list: ``prefill`` and
+  ``reset`` replace it, so a generation abandoned without being closed never
+  compacts (or corrupts) a later generation's state.
 
 Both states are tracked as lists of position keys, like the engine's prefix
 reuse: the target's through the backend's own ``_state_keys``, the draft's as
@@ -188,6 +214,93 @@ def check_same_tokenizer(target_dir: Path, draft_dir: Path) -> None:
             f"{target.get(i)!r} in the model); a draft must use the main model's tokenizer")
 
 
+class _Hole:
+    """The key of a rejected (masked) position in the target's ``_state_keys``; equal to nothing else."""
+
+    def __repr__(self) -> str:
+        return "HOLE"
+
+
+HOLE = _Hole()
+
+
+class TargetKV:
+    """The target's KV state during one speculative generation: valid positions and masked holes.
+
+    Wraps the list ``target._state_keys`` that ``prefill`` made (one key per physical
+    position) and the matching attention mask (1 valid, 0 hole).
+    """
+
+    max_holes = 64  # compact mid-run past this many holes (KV room, attention work)
+
+    def __init__(self, target: OpenVINOBackend) -> None:
+        self.target = target
+        self.keys = target._state_keys  # the list prefill made: its identity means "still ours"
+        self.mask = np.ones(len(self.keys), dtype=np.int64)  # (L,) 1 = valid, 0 = hole
+        self.holes = 0
+
+    @property
+    def valid(self) -> int:
+        return len(self.keys) - self.holes
+
+    def ours(self) -> bool:
+        return self.target._state_keys is self.keys
+
+    def verify(self, tokens: list[int]) -> np.ndarray:
+        """Append ``tokens`` at the next valid positions in one pass; logits of every one (n, V)."""
+        n, target = len(tokens), self.target
+        if self.holes > self.max_holes or len(self.keys) + n > target.max_context:
+            self.compact()
+        start = self.valid
+        embeds = target._text(np.asarray([tokens], dtype=np.int64))[0]  # (1, n, D)
+        mask = np.concatenate([self.mask, np.ones(n, dtype=np.int64)])  # (L + n,)
+        target._lm.infer({
+            "inputs_embeds": embeds,
+            "attention_mask": mask[None],  # (1, L + n): holes masked out
+            "position_ids": np.arange(start, start + n, dtype=np.int64)[None],  # contiguous over valid positions
+            "beam_idx": np.zeros(1, dtype=np.int32),
+            "num_logits": np.array([n], dtype=np.int64),
+        })
+        self.keys.extend(tokens)
+        self.mask = mask
+        return target._lm.get_tensor("logits").data[0].copy()  # (n, V)
+
+    def reject(self, n: int) -> None:
+        """Turn the last ``n`` positions into holes (no state copy)."""
+        if n <= 0:
+            return
+        end = len(self.keys)
+        self.keys[end - n:] = [HOLE] * n
+        self.mask[end - n:] = 0
+        self.holes += n
+
+    def compact(self) -> None:
+        """Gather the valid positions into a hole-free state (one copy); no-op if none or not ours."""
+        if not self.holes or not self.ours():
+            return
+        keep = np.flatnonzero(self.mask)  # (L_valid,)
+        for state in self.target._lm.query_state():
+            data = state.state.data  # (B, H_kv, L, d)
+            state.state = ov.Tensor(np.ascontiguousarray(data[:, :, keep]))  # (B, H_kv, L_valid, d)
+        self.keys = [key for key in self.keys if key is not HOLE]
+        self.target._state_keys = self.keys
+        self.mask = np.ones(len(self.keys), dtype=np.int64)
+        self.holes = 0
+
+    def close(self, quiet: bool = False) -> None:
+        """Compact at the end of a generation; if that fails, forget the state (the next prefill starts clean).
+
+        ``quiet``: another exception is already on its way out; do not replace it with ours.
+        """
+        try:
+            self.compact()
+        except Exception:
+            if self.ours():
+                self.target.reset()
+            if not quiet:
+                raise
+
+
 # --- the decoding loop --------------------------------------------------------------------------
 class SpeculativeDecoder:
     """Drafts with ``draft``, verifies with ``target`` (an OpenVINO backend made able to verify)."""
@@ -206,22 +319,6 @@ class SpeculativeDecoder:
         logits_shape = target._lm.get_compiled_model().output("logits").get_partial_shape()  # (B, T, V)
         self.target_vocab = logits_shape[-1].get_length()
         self.last_stats = SpeculativeStats()
-
-    # -- target ---
-    def _verify(self, tokens: list[int]) -> np.ndarray:
-        """Append ``tokens`` to the target's state in one pass; logits of every one (n, V)."""
-        target = self.target
-        start = len(target._state_keys)
-        embeds = target._text(np.asarray([tokens], dtype=np.int64))[0]  # (1, n, D)
-        target._lm.infer({
-            "inputs_embeds": embeds,
-            "attention_mask": np.ones((1, start + len(tokens)), dtype=np.int64),
-            "position_ids": np.arange(start, start + len(tokens), dtype=np.int64)[None],
-            "beam_idx": np.zeros(1, dtype=np.int32),
-            "num_logits": np.array([len(tokens)], dtype=np.int64),
-        })
-        target._state_keys.extend(tokens)
-        return target._lm.get_tensor("logits").data[0].copy()  # (n, V)
 
     def _draft_text(self, prepared: Any) -> list[int]:
         """The prompt as the draft sees it: its text tokens, image placeholders dropped."""
@@ -251,39 +348,45 @@ class SpeculativeDecoder:
         finish, done = "length", False
         start = time.perf_counter()
         logits = target.prefill(prepared)  # (V,)
-        token = self._pick(logits, cfg, ids, rng)
-        first_token_at = time.perf_counter()
-        pending = [token]  # tokens chosen, to be emitted in order
-        while True:
-            for token in pending:
-                ids.append(token)
-                if token in target.eos_token_ids and not cfg.ignore_eos:
-                    finish, done = "stop", True
+        kv = TargetKV(target)
+        try:
+            token = self._pick(logits, cfg, ids, rng)
+            first_token_at = time.perf_counter()
+            pending = [token]  # tokens chosen, to be emitted in order
+            while True:
+                for token in pending:
+                    ids.append(token)
+                    if token in target.eos_token_ids and not cfg.ignore_eos:
+                        finish, done = "stop", True
+                        break
+                    piece = stream.push(token)
+                    if piece:
+                        yield piece
+                    if stream.stopped:
+                        finish, done = "stop", True
+                        break
+                    if len(ids) >= budget:
+                        done = True
+                        break
+                if done:
                     break
-                piece = stream.push(token)
-                if piece:
-                    yield piece
-                if stream.stopped:
-                    finish, done = "stop", True
-                    break
-                if len(ids) >= budget:
-                    done = True
-                    break
-            if done:
-                break
-            last = ids[-1]
-            room = min(budget - len(ids) - 1, draft.max_context - len(context) - len(ids) - 1)
-            k_round = max(0, min(k, room))
-            proposals, q_rows = self._propose(context + ids, k_round, cfg, ids, rng)
-            p_rows = self._verify([last, *proposals])  # (k+1, V)
-            pending = self._accept(proposals, q_rows, p_rows, cfg, ids, rng)
-            n_ok = len(pending) - 1
-            target._trim_state(len(target._state_keys) - (len(proposals) - n_ok))
-            stats.drafted += len(proposals)
-            stats.accepted += n_ok
-            stats.rounds += 1
-            if self.adaptive and proposals:
-                k = min(2 * self.k, k + 1) if n_ok == len(proposals) else max(1, k - 1) if 2 * n_ok < len(proposals) else k
+                last = ids[-1]
+                room = min(budget - len(ids) - 1, draft.max_context - len(context) - len(ids) - 1)
+                k_round = max(0, min(k, room))
+                proposals, q_rows = self._propose(context + ids, k_round, cfg, ids, rng)
+                p_rows = kv.verify([last, *proposals])  # (k+1, V)
+                pending = self._accept(proposals, q_rows, p_rows, cfg, ids, rng)
+                n_ok = len(pending) - 1
+                kv.reject(len(proposals) - n_ok)
+                stats.drafted += len(proposals)
+                stats.accepted += n_ok
+                stats.rounds += 1
+                if self.adaptive and proposals:
+                    k = min(2 * self.k, k + 1) if n_ok == len(proposals) else max(1, k - 1) if 2 * n_ok < len(proposals) else k
+        except BaseException:  # an error, or the consumer closed the generator (GeneratorExit)
+            kv.close(quiet=True)
+            raise
+        kv.close()  # inside the timed part: the one copy per generation is part of its cost
         tail = stream.flush()
         if tail:
             yield tail

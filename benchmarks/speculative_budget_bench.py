@@ -1,0 +1,231 @@
+"""Speculative decoding on the budget model: a draft LM vs plain greedy decoding, same run.
+
+Target: ``budget`` (SmolLM2-135M-Instruct LM + shapes-world vision) exported to OpenVINO at
+INT8 (what ``llavakit demo`` runs) and at fp32, through the eval export cache
+(``llavakit.eval.accuracy.open_variant``: exported once, then reused). Draft: an HF
+causal LM directory given on the command line (its tokenizer must be SmolLM2's),
+exported with ``export_draft_lm`` at the target row's precision into a cache dir;
+``random`` makes an untrained 2-layer, hidden-192 LM with SmolLM2's vocabulary
+(acceptance ~0: the overhead floor; used to test the script before a trained draft
+exists) and ``same`` uses budget's own LM (acceptance ~1: the upper bound on accepted
+tokens, at a draft as costly as the target).
+
+Workload: the first 12 lines of ``scripts/gpu/general_prompts.txt`` (text) plus 4
+questions about llavakit's example image, greedy, ``--max-new-tokens`` (128), eos
+honoured (answers end where plain greedy ends them). Rows: k in {2, 3, 4} and
+adaptive (starts at 3, within [1, 6]). Per prompt and row a plain run and a
+speculative run go back to back, alternating which goes first (the 2-core machine is
+noisy and shared): the per-prompt ratio is spec / plain decode tok/s, the row's
+speed-up the median over prompts. Also per row: acceptance (accepted / drafted over
+all prompts), whether every answer's token ids equal plain greedy's, and the median
+plain and speculative tok/s. Per precision: measured step costs (median ms) of one
+target decode step, one draft step and target verify passes of 2..5 tokens, and the
+cost ratio ``c`` = draft step / target step of the cost model in benchmarks/speculative.md.
+
+    .venv/bin/python benchmarks/speculative_budget_bench.py DRAFT_DIR --out spec-budget.json
+    .venv/bin/python benchmarks/speculative_budget_bench.py random --quick --out /tmp/spec.json  # ~5 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+
+from llavakit import Pipeline
+from llavakit.checkpoints.budget import ensure_budget_model
+from llavakit.checkpoints.demo import EXAMPLE_IMAGE, cache_dir
+from llavakit.eval.accuracy import open_variant
+from llavakit.export.cache import export_key
+from llavakit.export.draft import export_draft_lm
+from llavakit.runtime.speculative import DraftModel
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE_QUESTIONS = ["What is in this image?", "What colors are the shapes?", "How many shapes are there?",
+                   "Describe the image in detail."]
+ROWS = [("k=2", 2, False), ("k=3", 3, False), ("k=4", 4, False), ("adaptive", 3, True)]
+
+
+def prompts(quick: bool) -> list[tuple[str, list[str]]]:
+    """(question, images): 12 general text prompts + 4 image questions (quick: 4 + 2)."""
+    lines = [line.strip() for line in (ROOT / "scripts/gpu/general_prompts.txt").read_text().splitlines()
+             if line.strip()][:12]
+    text = [(line, []) for line in lines]
+    image = [(q, [str(EXAMPLE_IMAGE)]) for q in IMAGE_QUESTIONS]
+    if quick:  # the longer-answer text prompts and two image questions
+        return [text[5], text[10], text[11], text[9]] + image[:1] + image[3:]
+    return text + image
+
+
+def random_draft_source(target: Path, out: Path) -> Path:
+    """An untrained 2-layer, hidden-192 LM with the target's tokenizer (for testing the script)."""
+    if (out / "config.json").is_file():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(target).text_config
+    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = 2, 192, 512
+    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 3, 1, 64
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out)
+    AutoTokenizer.from_pretrained(target).save_pretrained(out)
+    return out
+
+
+def draft_export(source: Path, weights: str, root: Path) -> Path:
+    """The draft exported at ``weights`` into ``root`` (once per source files + precision)."""
+    out = root / f"{source.name}-{weights}-{export_key(source, 'draft-' + weights)}"
+    if not (out / "llavakit_draft.json").is_file():
+        print(f"exporting draft {source} at {weights} -> {out}", flush=True)
+        export_draft_lm(source, out, weights=weights, force=True)
+    return out
+
+
+def median_ms(step, n: int = 24, warm: int = 4) -> float:
+    times = []
+    for i in range(n + warm):
+        begin = time.perf_counter()
+        step(i)
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times[warm:]) * 1e3
+
+
+def step_costs(spec: Pipeline, draft_dir: Path) -> dict[str, float]:
+    """Median ms of a target decode step, a draft step and target verify passes of 2..5 tokens."""
+    from llavakit.runtime.speculative import TargetKV
+
+    backend = spec.backend
+    question = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+    prepared = backend.prepare([{"role": "user", "content": [{"type": "text", "text": question}]}], [])
+    out: dict[str, float] = {}
+    backend.reset()
+    backend.prefill(prepared)
+    out["target_step_ms"] = median_ms(lambda i: backend.decode_one(100 + i % 50))
+    for n in (2, 3, 4, 5):
+        backend.reset()
+        backend.prefill(prepared)
+        kv = TargetKV(backend)
+        out[f"verify_{n}_ms"] = median_ms(lambda i: kv.verify([100 + (i + j) % 50 for j in range(n)]), n=12)
+    backend.reset()
+    draft = DraftModel(draft_dir)
+    sequence = list(prepared.token_ids)
+    draft.sync(sequence)
+
+    def draft_step(i: int) -> None:
+        sequence.append(100 + i % 50)
+        draft.sync(sequence)
+
+    out["draft_step_ms"] = median_ms(draft_step)
+    out["c"] = out["draft_step_ms"] / out["target_step_ms"]
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def run_precision(precision: str, draft_source: Path, items: list, max_new_tokens: int, penalty: float,
+                  drafts_root: Path) -> dict:
+    plain = open_variant(ensure_budget_model(), "openvino", precision)
+    draft_dir = draft_export(draft_source, precision, drafts_root)
+    spec = Pipeline(plain.model_dir, draft=draft_dir)
+    settings = dict(max_new_tokens=max_new_tokens, repetition_penalty=penalty)
+    for question, images in items[:1]:  # warm-up: first compile/alloc costs out of the timed runs
+        plain.generate(question, images, max_new_tokens=8)
+        spec.generate(question, images, max_new_tokens=8)
+    per_row: dict[str, list[dict]] = {name: [] for name, _, _ in ROWS}
+    for p, (question, images) in enumerate(items):
+        for r, (name, k, adaptive) in enumerate(ROWS):
+            spec.speculative.k, spec.speculative.adaptive = k, adaptive
+            first_plain = (p + r) % 2 == 0
+            if first_plain:
+                a = plain.generate(question, images, **settings)
+            b = spec.generate(question, images, **settings)
+            if not first_plain:
+                a = plain.generate(question, images, **settings)
+            stats = b.speculative
+            per_row[name].append({
+                "prompt": question, "image": bool(images), "tokens": len(a.token_ids),
+                "plain_tok_s": a.metrics.decode_tokens_per_s, "spec_tok_s": b.metrics.decode_tokens_per_s,
+                "ratio": b.metrics.decode_tokens_per_s / a.metrics.decode_tokens_per_s
+                if a.metrics.decode_tokens_per_s else float("nan"),
+                "identical": a.token_ids == b.token_ids, "drafted": stats.drafted, "accepted": stats.accepted,
+                "rounds": stats.rounds, "k_final": stats.k_final})
+        print(f"[{precision}] {p + 1}/{len(items)} {question[:40]!r}: " + ", ".join(
+            f"{name} {per_row[name][-1]['ratio']:.2f}x" for name, _, _ in ROWS), flush=True)
+    rows = []
+    for name, k, adaptive in ROWS:
+        runs = [x for x in per_row[name] if x["tokens"] > 2]  # a 1-2 token answer has no decode rate
+        drafted = sum(x["drafted"] for x in per_row[name])
+        rows.append({
+            "precision": precision, "row": name, "k": k, "adaptive": adaptive, "prompts": len(per_row[name]),
+            "speedup_median": statistics.median(x["ratio"] for x in runs) if runs else float("nan"),
+            "plain_tok_s_median": statistics.median(x["plain_tok_s"] for x in runs) if runs else float("nan"),
+            "spec_tok_s_median": statistics.median(x["spec_tok_s"] for x in runs) if runs else float("nan"),
+            "acceptance": sum(x["accepted"] for x in per_row[name]) / drafted if drafted else 0.0,
+            "identical": sum(x["identical"] for x in per_row[name]),
+            "mean_tokens": statistics.mean(x["tokens"] for x in per_row[name]),
+            "runs": per_row[name]})
+    costs = step_costs(spec, draft_dir)
+    print(f"[{precision}] step costs: {costs}", flush=True)
+    return {"precision": precision, "target": str(plain.model_dir), "draft": str(draft_dir), "rows": rows,
+            "costs": costs}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| target | draft k | plain tok/s | spec tok/s | speed-up (median) | acceptance | greedy identical "
+             "| c (draft/target step) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for res in results:
+        c = res["costs"]["c"]
+        for row in res["rows"]:
+            lines.append(f"| budget {row['precision']} | {row['row']} | {row['plain_tok_s_median']:.1f} | "
+                         f"{row['spec_tok_s_median']:.1f} | {row['speedup_median']:.2f}x | {row['acceptance']:.2f} | "
+                         f"{row['identical']}/{row['prompts']} | {c:.3f} |")
+    lines.append("")
+    lines.append("| target | target step ms | draft step ms | verify 2 / 3 / 4 / 5 tokens ms |")
+    lines.append("| --- | --- | --- | --- |")
+    for res in results:
+        c = res["costs"]
+        lines.append(f"| budget {res['precision']} | {c['target_step_ms']:.1f} | {c['draft_step_ms']:.2f} | "
+                     f"{c['verify_2_ms']:.1f} / {c['verify_3_ms']:.1f} / {c['verify_4_ms']:.1f} / "
+                     f"{c['verify_5_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("draft", help="HF causal LM dir with SmolLM2's tokenizer; 'random' or 'same' (see docstring)")
+    parser.add_argument("--out", required=True, type=Path, help="JSON results path")
+    parser.add_argument("--quick", action="store_true", help="6 prompts instead of 16, INT8 target only")
+    parser.add_argument("--precisions", default=None, help="comma-separated target precisions (default int8,fp32)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 = plain greedy (the demo uses 1.2)")
+    parser.add_argument("--cache", type=Path, default=cache_dir() / "bench" / "spec-drafts")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    budget = ensure_budget_model()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    if args.draft == "random":
+        source = random_draft_source(budget, args.cache / "random-2x192")
+    elif args.draft == "same":
+        source = budget
+    else:
+        source = Path(args.draft).resolve()
+    precisions = (args.precisions or ("int8" if args.quick else "int8,fp32")).split(",")
+    items = prompts(args.quick)
+    results = [run_precision(p, source, items, args.max_new_tokens, args.repetition_penalty, args.cache)
+               for p in precisions]
+    text = table(results)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "draft_source": str(source), "max_new_tokens": args.max_new_tokens,
+        "repetition_penalty": args.repetition_penalty, "prompts": [q for q, _ in items],
+        "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seconds": round(time.perf_counter() - start, 1), "results": results, "markdown": text}, indent=1) + "\n")
+    print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

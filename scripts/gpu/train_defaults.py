@@ -148,12 +148,13 @@ def cmd_budget(a: argparse.Namespace) -> None:
         mix.write_text(json.dumps(shapes + text * reps))
         log(f"instruct mix: {len(shapes)} shapes + {len(text)}x{reps} text-only")
     torch.cuda.empty_cache()
-    common = {"bf16": True, "dataloader_workers": a.workers, "save_steps": 500, "save_total_limit": 1, "logging_steps": 25,
+    common = {"bf16": True, "dataloader_workers": a.workers, "save_steps": int(os.environ.get("SAVE_STEPS", 500)), "save_total_limit": 1, "logging_steps": 25,
                   "max_length": 1024, "seed": 0, "warmup_ratio": 0.03}
-    train_stage(base, Path(a.data) / "train.json", work / "align", "align",
-                dict(common, learning_rate=a.align_lr, max_steps=a.align_steps, batch_size=a.batch,
-                     train_vision=not a.freeze_vision),
-                a.resume)
+    if not (work / "align" / "llavakit_train.json").is_file():  # a resumed call may find align finished
+        train_stage(base, Path(a.data) / "train.json", work / "align", "align",
+                    dict(common, learning_rate=a.align_lr, max_steps=a.align_steps, batch_size=a.batch,
+                         train_vision=not a.freeze_vision),
+                    a.resume)
     train_stage(work / "align", mix, work / "instruct", "instruct",
                 dict(common, learning_rate=2e-4, max_steps=a.steps, batch_size=a.batch, grad_accum=1, lora=True,
                      lora_r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, merge_lora=True), a.resume)

@@ -35,7 +35,6 @@ import statistics
 import time
 from pathlib import Path
 
-
 from llavakit import Pipeline
 from llavakit.checkpoints.budget import ensure_budget_model
 from llavakit.checkpoints.demo import EXAMPLE_IMAGE, cache_dir
@@ -110,7 +109,7 @@ def step_costs(spec: Pipeline, draft_dir: Path) -> dict[str, float]:
         backend.reset()
         backend.prefill(prepared)
         kv = TargetKV(backend)
-        out[f"verify_{n}_ms"] = median_ms(lambda i: kv.verify([100 + (i + j) % 50 for j in range(n)]), n=12)
+        out[f"verify_{n}_ms"] = median_ms(lambda i, kv=kv, n=n: kv.verify([100 + (i + j) % 50 for j in range(n)]), n=12)
     backend.reset()
     draft = DraftModel(draft_dir)
     sequence = list(prepared.token_ids)
@@ -130,7 +129,7 @@ def run_precision(precision: str, draft_source: Path, items: list, max_new_token
     plain = open_variant(ensure_budget_model(), "openvino", precision)
     draft_dir = draft_export(draft_source, precision, drafts_root)
     spec = Pipeline(plain.model_dir, draft=draft_dir)
-    settings = dict(max_new_tokens=max_new_tokens, repetition_penalty=penalty)
+    settings = {"max_new_tokens": max_new_tokens, "repetition_penalty": penalty}
     for question, images in items[:1]:  # warm-up: first compile/alloc costs out of the timed runs
         plain.generate(question, images, max_new_tokens=8)
         spec.generate(question, images, max_new_tokens=8)
@@ -174,8 +173,8 @@ def run_precision(precision: str, draft_source: Path, items: list, max_new_token
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| target | draft k | plain tok/s | spec tok/s | speed-up (median) | acceptance | greedy identical "
-             "| c (draft/target step) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [("| target | draft k | plain tok/s | spec tok/s | speed-up (median) | acceptance | greedy identical "
+              "| c (draft/target step) |"), "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for res in results:
         c = res["costs"]["c"]
         for row in res["rows"]:

@@ -42,7 +42,11 @@ def budget_teacher(gguf: Path, work: Path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from llavakit.checkpoints.budget import ensure_budget_model
-    from llavakit.checkpoints.gguf_lm import SMOLLM2_DIRNAME, convert_gguf_lm, is_complete
+    from llavakit.checkpoints.gguf_lm import (
+        SMOLLM2_DIRNAME,
+        convert_gguf_lm,
+        is_complete,
+    )
 
     if not is_complete(work / SMOLLM2_DIRNAME):
         convert_gguf_lm(gguf, work / SMOLLM2_DIRNAME)
@@ -233,7 +237,7 @@ def main() -> None:
     work, out = Path(a.work), Path(a.out)
     work.mkdir(parents=True, exist_ok=True), out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    model, processor, model_dir, lm_dir = budget_teacher(Path(a.gguf), work)
+    model, processor, _, lm_dir = budget_teacher(Path(a.gguf), work)
     log(f"budget assembled in {time.time() - t0:.0f} s")
     cache = work / "draft_data.json"
     if cache.is_file():

@@ -11,15 +11,9 @@ demo = ensure_demo_model()
 if not (work / "draft_same").exists():
     export_draft_lm(demo, work / "draft_same", weights="int4")
 if not (work / "draft_small").exists():
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    cfg = AutoConfig.from_pretrained(demo).text_config
-    cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size = 2, 192, 512
-    cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 3, 1, 64
-    torch.manual_seed(0)
-    lm = AutoModelForCausalLM.from_config(cfg)
-    lm.save_pretrained(work / "small_hf"); AutoTokenizer.from_pretrained(demo).save_pretrained(work / "small_hf")
-    export_draft_lm(work / "small_hf", work / "draft_small", weights="int4")
+    from speculative_budget_bench import random_draft_source  # the same untrained 2-layer, hidden-192 draft
+
+    export_draft_lm(random_draft_source(demo, work / "small_hf"), work / "draft_small", weights="int4")
 
 N = 64
 PROMPT = "Write a short story about a lighthouse keeper."

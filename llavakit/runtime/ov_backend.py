@@ -74,6 +74,17 @@ def pick_ov_device(core: ov.Core, device: str | None) -> str:
     raise LlavakitError(f"device {device!r} is not available to OpenVINO; available: {available + ['AUTO']}")
 
 
+def keep_kv_positions(request: ov.InferRequest, positions: slice | np.ndarray) -> None:
+    """Keep only ``positions`` (sequence axis) of every KV state of ``request``.
+
+    A stateful OpenVINO LM can only append to its state, so cutting (prefix reuse, a draft's resync) or
+    gathering (speculative decoding's holes) is one read and one write of each state tensor.
+    """
+    for state in request.query_state():
+        data = state.state.data  # (B, H_kv, L, d)
+        state.state = ov.Tensor(np.ascontiguousarray(data[:, :, positions]))  # (B, H_kv, L_kept, d)
+
+
 class OpenVINOBackend:
     """Prefill/decode over an exported LLaVA directory."""
 
@@ -283,9 +294,7 @@ class OpenVINOBackend:
         if keep == 0:
             self._lm.reset_state()
         else:
-            for state in self._lm.query_state():
-                data = state.state.data  # (B, H_kv, L, d)
-                state.state = ov.Tensor(np.ascontiguousarray(data[:, :, :keep]))
+            keep_kv_positions(self._lm, slice(0, keep))
         self._state_keys = self._state_keys[:keep]
 
     def reset(self) -> None:

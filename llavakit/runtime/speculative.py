@@ -82,7 +82,7 @@ import openvino as ov
 from llavakit.errors import ContextOverflowError, LlavakitError, ModelLoadError
 from llavakit.export import layout
 from llavakit.runtime.generate import Generation, peak_rss_mb
-from llavakit.runtime.ov_backend import PRECISE, OpenVINOBackend, pick_ov_device
+from llavakit.runtime.ov_backend import PRECISE, OpenVINOBackend, keep_kv_positions, pick_ov_device
 from llavakit.runtime.sampling import apply_repetition_penalty, filter_top_k_top_p
 from llavakit.runtime.text_stream import TextStream
 from llavakit.runtime.types import GenerationConfig, GenerationResult, Metrics
@@ -186,9 +186,7 @@ class DraftModel:
         if keep == 0:
             self._lm.reset_state()
         elif keep < len(self.keys):
-            for state in self._lm.query_state():
-                data = state.state.data  # (B, H_kv, L, d)
-                state.state = ov.Tensor(np.ascontiguousarray(data[:, :, :keep]))
+            keep_kv_positions(self._lm, slice(0, keep))
         new = tokens[keep:]
         embeds = self._text(np.asarray([new], dtype=np.int64))[0]  # (1, T_new, D)
         self._lm.infer({
@@ -291,10 +289,7 @@ class TargetKV:
         """Gather the valid positions into a hole-free state (one copy); no-op if none or not ours."""
         if not self.holes or not self.ours():
             return
-        keep = np.flatnonzero(self.mask)  # (L_valid,)
-        for state in self.target._lm.query_state():
-            data = state.state.data  # (B, H_kv, L, d)
-            state.state = ov.Tensor(np.ascontiguousarray(data[:, :, keep]))  # (B, H_kv, L_valid, d)
+        keep_kv_positions(self.target._lm, np.flatnonzero(self.mask))  # (L_valid,) positions kept
         self.keys = [key for key in self.keys if key is not HOLE]
         self.target._state_keys = self.keys
         self.mask = np.ones(len(self.keys), dtype=np.int64)

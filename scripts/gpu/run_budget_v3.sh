@@ -8,10 +8,7 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false SAVE_STEPS=${SAVE_STEPS:-200}
 W=/root/h6; OUT=${OUT:-/tmp/out}
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/gguf-*.whl && export PYTHONPATH=$PWD:/tmp/site
-G=$W/SmolLM2-135M-Instruct.Q4_1.gguf
-[ -f $G ] || cat $W/gguf.part1 $W/gguf.part2 .carry/q3/gguf.part3 > $G || exit 3
-echo "a1231443440b107ff29f02bdb38c9d0a  $G" | md5sum -c - || exit 4
+source scripts/gpu/gguf_parts.sh  # sets G
 [ -f $W/data/train.json ] || exit 6
 timeout ${TRAIN_TIMEOUT:-470} python3 scripts/gpu/train_defaults.py budget --data $W/data --work $W/work \
   --vision llavakit/assets/models/budget/vision --freeze-vision --gguf $G --align-steps 300 --align-lr 1e-3 \

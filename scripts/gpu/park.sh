@@ -6,7 +6,7 @@ set -uo pipefail
 W=/root/h6; mkdir -p $W
 for d in "$@"; do cp .carry/$d/* $W/ || exit 2; done
 if [ -n "${SCENES:-}" ]; then
-  PYTHONPATH=$PWD python3 -m llavakit.cli data shapes --out $W/data --train $SCENES --val 10 --test 10 --seed 0 \
+  PYTHONPATH=$PWD python3 -m llavakit.cli data shapes --out $W/data --train $SCENES --val 10 --test ${TEST:-10} --seed 0 \
     --workers 16 --force > /dev/null || exit 3
 fi
 ls -la $W; echo "total ${SECONDS}s"

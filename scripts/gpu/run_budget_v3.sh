@@ -4,7 +4,8 @@
 #   bash scripts/gpu/run_budget_v3.sh             # carry .carry/q3 .whl: align 300 + instruct until the timeout
 #   RESUME=--resume bash scripts/gpu/run_budget_v3.sh   # same machine: instruct resumes from its last checkpoint
 # The tower is the committed one (llavakit/assets/models/budget/vision), frozen. Parts + eval come back via $OUT
-# once instruct has finished.
+# once instruct has finished. budget v4 = the same script with SCENES=160000 (park), STEPS=2400 BATCH=128 and a
+# third RESUME call.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false SAVE_STEPS=${SAVE_STEPS:-200}
 W=/root/h6; OUT=${OUT:-/tmp/out}
@@ -12,7 +13,7 @@ source scripts/gpu/gguf_parts.sh  # sets G
 [ -f $W/data/train.json ] || exit 6
 timeout ${TRAIN_TIMEOUT:-470} python3 scripts/gpu/train_defaults.py budget --data $W/data --work $W/work \
   --vision llavakit/assets/models/budget/vision --freeze-vision --gguf $G --align-steps 300 --align-lr 1e-3 \
-  --steps ${STEPS:-1800} --batch 64 --lora-r 16 --workers 15 ${RESUME:-} 2>&1 | grep -v "it/s\]\|Warning\|warn("
+  --steps ${STEPS:-1800} --batch ${BATCH:-64} --lr ${LR:-2e-4} --lora-r 16 --workers 15 ${RESUME:-} 2>&1 | grep -v "it/s\]\|Warning\|warn("
 I=$W/work/budget/instruct
 [ -f $I/llavakit_train.json ] || { echo "instruct not finished: $(ls $I/checkpoints 2>/dev/null)"; exit 0; }
 python3 scripts/gpu/train_defaults.py eval --model $I --data $W/data/test.json --out $W/budget_eval.json --batch 250 2>&1 | grep -v "it/s\]\|Warning"

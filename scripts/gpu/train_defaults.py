@@ -156,7 +156,7 @@ def cmd_budget(a: argparse.Namespace) -> None:
                          train_vision=not a.freeze_vision),
                     a.resume)
     train_stage(work / "align", mix, work / "instruct", "instruct",
-                dict(common, learning_rate=2e-4, max_steps=a.steps, batch_size=a.batch, grad_accum=1, lora=True,
+                dict(common, learning_rate=a.lr, max_steps=a.steps, batch_size=a.batch, grad_accum=1, lora=True,
                      lora_r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, merge_lora=True), a.resume)
 
 
@@ -236,7 +236,7 @@ def main() -> None:
     b.add_argument("--align-steps", type=int, default=600), b.add_argument("--steps", type=int, default=2000)
     b.add_argument("--batch", type=int, default=64), b.add_argument("--lora-r", type=int, default=16)
     b.add_argument("--workers", type=int, default=14), b.add_argument("--resume", action="store_true")
-    b.add_argument("--align-lr", type=float, default=5e-4)
+    b.add_argument("--align-lr", type=float, default=5e-4), b.add_argument("--lr", type=float, default=2e-4)
     b.add_argument("--gguf", default=""), b.add_argument("--distill-limit", type=int, default=0)
     e = sub.add_parser("eval")
     e.add_argument("--model", required=True), e.add_argument("--data", required=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -38,10 +39,12 @@ def serve(
     adapter: Annotated[Optional[list[str]], typer.Option(
         help="LoRA adapter NAME=PATH (repeatable): listed in /v1/models, picked by a request's model. OpenVINO "
              "needs an export with --lora-slots.")] = None,
+    draft: Annotated[Optional[Path], typer.Option(
+        help="Draft LM for speculative decoding in every slot (a `llavakit export-draft` directory; openvino "
+             "backend, no adapters).")] = None,
+    draft_k: Annotated[int, typer.Option(help="Tokens the draft proposes per verify pass.")] = 4,
 ) -> None:
     """Serve a model over the OpenAI chat-completions API (and a web chatbot with --ui)."""
-    from pathlib import Path
-
     import uvicorn
 
     from llavakit.cli_chat import open_pipeline
@@ -60,9 +63,11 @@ def serve(
         if not sep or not name or not path:
             raise LlavakitError(f"--adapter {item!r}: expected NAME=PATH (e.g. --adapter pirate=adapters/pirate)")
         adapters[name] = path
-    pipe = open_pipeline(model, backend, device, err, weights, adapters=adapters or None)
+    pipe = open_pipeline(model, backend, device, err, weights, draft=str(draft) if draft else None, draft_k=draft_k,
+                         adapters=adapters or None)
     application = create_app(pipe, settings)
     where = f"http://{host}:{port}"
     err.print(f"serving {settings.model_name!r} on {where}/v1 ({len(application.state.engine.scheduler.slots)} "
-              f"slot(s), queue {max_queue})" + (f", web chatbot at {where}/ui" if ui else ""), highlight=False)
+              f"slot(s), queue {max_queue})" + (f", web chatbot at {where}/ui" if ui else "")
+              + (f", speculative decoding with {draft} (k={draft_k})" if draft else ""), highlight=False)
     uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

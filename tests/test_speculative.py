@@ -192,3 +192,54 @@ def test_chat_cli_with_a_draft(tiny_export, draft_other) -> None:
                                       "--draft-k", "2", "--max-new-tokens", "6"])
     assert result.exit_code == 0, result.output
     assert "accepted" in result.output
+
+
+def test_forks_with_a_draft_decode_concurrently_like_plain(plain, spec_other) -> None:
+    """Serving slots are Pipeline.fork()s: each fork drafts and verifies on KV states of its own."""
+    import threading
+
+    from PIL import Image
+
+    prompts = [("Describe it.", (200, 30, 30)), ("What shape?", (30, 200, 30)), ("Colour?", (30, 30, 200))]
+    run = lambda pipe, text, color: pipe.generate(text, images=[Image.new("RGB", (40, 30), color)],  # noqa: E731
+                                                  max_new_tokens=20, ignore_eos=True)
+    expected = [run(plain, text, color).token_ids for text, color in prompts]
+    forks = [spec_other.fork() for _ in prompts]
+    assert forks[0].speculative.draft._lm is not forks[1].speculative.draft._lm
+    assert forks[0].backend._lm.request is not spec_other.backend._lm.request
+    got: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, run(forks[i], *prompts[i])))
+               for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [got[i].token_ids for i in range(len(prompts))] == expected
+    assert all(got[i].speculative.drafted > 0 for i in got)
+
+
+def test_serve_with_a_draft(tiny_export, draft_other, plain, red_image) -> None:
+    """`llavakit serve --draft`: two clients at once on two slots, greedy text equal to plain greedy,
+    and the draft's accepted/rejected proposals in usage.completion_tokens_details."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+    from test_serve_support import Server, data_url, png_bytes
+
+    server = Server(tiny_export, "--draft", str(draft_other), "--draft-k", "3", "--slots", "2")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
+        messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(png_bytes())}},
+                                                 {"type": "text", "text": "What is this?"}]}]
+        ask = lambda _: client.chat.completions.create(  # noqa: E731
+            model="tiny-ov", messages=messages, max_tokens=16, temperature=0, extra_body={"ignore_eos": True})
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(ask, range(2)))
+        reference = plain.generate("What is this?", images=[red_image], max_new_tokens=16, ignore_eos=True)
+        for answer in answers:
+            assert answer.choices[0].message.content == reference.text
+            details = answer.usage.completion_tokens_details
+            assert details.accepted_prediction_tokens + details.rejected_prediction_tokens > 0
+        assert "speculative decoding" in " ".join(server.output().split())  # rich wraps the line
+    finally:
+        server.stop()

@@ -165,10 +165,10 @@ class Pipeline:
         """
         if not hasattr(self.backend, "fork"):
             raise LlavakitError(f"the {self.backend_name} backend cannot fork independent sessions")
-        if self.speculative is not None:
-            raise LlavakitError("a Pipeline with a draft model cannot fork sessions; load it without draft= to serve")
         twin = copy.copy(self)
         twin.backend = self.backend.fork()
+        if self.speculative is not None:  # each slot verifies and drafts on states of its own
+            twin.speculative = self.speculative.fork(twin.backend)
         return twin
 
 

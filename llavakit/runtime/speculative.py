@@ -69,6 +69,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -82,7 +83,7 @@ import openvino as ov
 from llavakit.errors import ContextOverflowError, LlavakitError, ModelLoadError
 from llavakit.export import layout
 from llavakit.runtime.generate import Generation, peak_rss_mb
-from llavakit.runtime.ov_backend import PRECISE, OpenVINOBackend, keep_kv_positions, pick_ov_device
+from llavakit.runtime.ov_backend import PRECISE, OpenVINOBackend, OwnRequest, keep_kv_positions, pick_ov_device
 from llavakit.runtime.sampling import apply_repetition_penalty, filter_top_k_top_p
 from llavakit.runtime.text_stream import TextStream
 from llavakit.runtime.types import GenerationConfig, GenerationResult, Metrics
@@ -145,6 +146,10 @@ class MultiLogitsRequest:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.request, name)
 
+    def fork(self) -> MultiLogitsRequest:
+        """The same compiled model through a request of its own (its own KV state), for a serving slot."""
+        return MultiLogitsRequest(self.request.get_compiled_model().create_infer_request())
+
 
 def enable_verification(target: OpenVINOBackend, model_dir: Path, properties: dict) -> None:
     """Swap the target's LM request for one that can return several positions' logits."""
@@ -174,6 +179,14 @@ class DraftModel:
         self.vocab_size = int(config["vocab_size"])
         self.max_context = int(config.get("max_position_embeddings", 4096))
         self.keys: list[int] = []
+
+    def fork(self) -> DraftModel:
+        """A twin sharing the compiled draft (weights once in memory) with its own KV state and keys."""
+        twin = copy.copy(self)
+        twin._lm = self._lm.get_compiled_model().create_infer_request()
+        twin._text = OwnRequest(self._text)
+        twin.keys = []
+        return twin
 
     def sync(self, tokens: list[int]) -> np.ndarray:
         """Make the state hold ``tokens`` (keeping the common prefix), return the next-token logits (V_d,)."""
@@ -329,6 +342,14 @@ class SpeculativeDecoder:
         logits_shape = target._lm.get_compiled_model().output("logits").get_partial_shape()  # (B, T, V)
         self.target_vocab = logits_shape[-1].get_length()
         self.last_stats = SpeculativeStats()
+
+    def fork(self, target: OpenVINOBackend) -> SpeculativeDecoder:
+        """A decoder for ``target``, a fork of this one's target (``OpenVINOBackend.fork``): the server runs
+        one per slot. Compiled models are shared; infer requests (KV states) and statistics are not."""
+        target._lm = self.target._lm.fork()  # the backend's fork shared this wrapper (not an InferRequest)
+        twin = copy.copy(self)
+        twin.target, twin.draft, twin.last_stats = target, self.draft.fork(), SpeculativeStats()
+        return twin
 
     def _draft_text(self, prepared: Any) -> list[int]:
         """The prompt as the draft sees it: its text tokens, image placeholders dropped."""

@@ -36,7 +36,8 @@ from llavakit.serve.errors import APIError, RequestTimeoutError, to_api_error
 from llavakit.serve.images import decode_images, fetch_remote
 from llavakit.serve.scheduler import Job
 from llavakit.serve.schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-                                    Choice, ChunkChoice, Delta, ModelCard, ModelList, Usage, new_completion_id, now)
+                                    Choice, ChunkChoice, CompletionTokensDetails, Delta, ModelCard, ModelList, Usage,
+                                    new_completion_id, now)
 from llavakit.serve.settings import ServeSettings
 
 log = logging.getLogger("llavakit.serve")
@@ -244,7 +245,11 @@ async def _sse(engine: Engine, job: Job, events: asyncio.Queue, request: Request
 
 def _usage(result) -> Usage:  # noqa: ANN001
     prompt, completion = result.metrics.prompt_tokens, result.metrics.generated_tokens
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    spec = getattr(result, "speculative", None)  # SpeculativeStats, with a draft model
+    details = CompletionTokensDetails(accepted_prediction_tokens=spec.accepted,
+                                      rejected_prediction_tokens=spec.drafted - spec.accepted) if spec else None
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 completion_tokens_details=details)
 
 
 def _api_error_response(error: APIError) -> JSONResponse:

@@ -90,10 +90,22 @@ class ChatCompletionRequest(BaseModel):
         return bad
 
 
+class CompletionTokensDetails(BaseModel):
+    """OpenAI's per-completion token details; llavakit fills the prediction counts with speculative decoding.
+
+    ``accepted_prediction_tokens`` / ``rejected_prediction_tokens`` are the draft model's proposals the
+    model accepted / rejected (OpenAI uses the same fields for its predicted outputs).
+    """
+
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | None = None  # present with a draft model (serve --draft)
 
 
 class AssistantMessage(BaseModel):

@@ -38,7 +38,7 @@ NEW_ROWS = "new_token_rows.safetensors"
 BUDGET_DESCRIPTION = (
     "Default model 'budget': SmolLM2-135M-Instruct (a real, pretrained language model) + a vision tower and "
     "projector trained by llavakit on shapes world (synthetic scenes of coloured shapes and words). It sees "
-    "shapes, colours, counts and printed words (about 82% on the shapes-world test split at INT8; weakest on captions and yes/no questions) "
+    "shapes, colours, counts and printed words (about 86% on the shapes-world test split at INT8; weakest on captions) "
     "and chats like SmolLM2; on photographs its answers are guesses."
 )
 

@@ -12,7 +12,7 @@ W=/root/h6; OUT=${OUT:-/tmp/out}
 source scripts/gpu/gguf_parts.sh  # sets G
 [ -f $W/data/train.json ] || exit 6
 timeout ${TRAIN_TIMEOUT:-470} python3 scripts/gpu/train_defaults.py budget --data $W/data --work $W/work \
-  --vision llavakit/assets/models/budget/vision --freeze-vision --gguf $G --align-steps 300 --align-lr 1e-3 \
+  --vision ${VISION:-llavakit/assets/models/budget/vision} --freeze-vision --gguf $G --align-steps 300 --align-lr 1e-3 \
   --steps ${STEPS:-1800} --batch ${BATCH:-64} --lr ${LR:-2e-4} --lora-r 16 --workers 15 ${RESUME:-} 2>&1 | grep -v "it/s\]\|Warning\|warn("
 I=$W/work/budget/instruct
 [ -f $I/llavakit_train.json ] || { echo "instruct not finished: $(ls $I/checkpoints 2>/dev/null)"; exit 0; }

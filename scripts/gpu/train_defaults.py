@@ -56,11 +56,12 @@ def cmd_vision(a: argparse.Namespace) -> None:
     )
 
     work = Path(a.work)
-    init = make_random_vision("clip", work / "vision_init", VisionShape(**NANO_VISION), seed=a.seed)
-    grid = NANO_VISION["image_size"] // NANO_VISION["patch_size"]
+    shape = {**NANO_VISION, **json.loads(a.shape)}  # e.g. '{"hidden": 256, "layers": 6}' for budget's tower
+    init = make_random_vision("clip", work / "vision_init", VisionShape(**shape), seed=a.seed)
+    grid = shape["image_size"] // shape["patch_size"]
     t0 = time.time()
-    train = render_scenes(a.scenes, seed=a.seed, size=NANO_VISION["image_size"], grid=grid, workers=a.workers)
-    held = render_scenes(2000, seed=a.seed, size=NANO_VISION["image_size"], grid=grid, workers=a.workers, heldout=True)
+    train = render_scenes(a.scenes, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers)
+    held = render_scenes(2000, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers, heldout=True)
     log(f"rendered {a.scenes} + 2000 held-out scenes in {time.time() - t0:.0f} s")
     summary = pretrain_vision(init, Path(a.out), *train, PretrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
                                                                         seed=a.seed), eval_set=held)
@@ -228,6 +229,7 @@ def main() -> None:
     v.add_argument("--scenes", type=int, default=120000), v.add_argument("--steps", type=int, default=4000)
     v.add_argument("--batch", type=int, default=256), v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--workers", type=int, default=16), v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--shape", default="{}", help="JSON overrides of nano's tower shape (hidden, layers, heads, ...)")
     b = sub.add_parser("budget")
     b.add_argument("--data", required=True), b.add_argument("--work", required=True)
     b.add_argument("--nano", default="", help="take the tower from this nano model ...")

@@ -62,25 +62,35 @@ def render(processor, content: list[dict]) -> str:
                                          tokenize=False)
 
 
+#: How people open a request to an assistant. With --openers, most sampled user turns start with one, so
+#: the prompts read like requests rather than whatever a 135M model writes after an empty user header.
+OPENERS = ("How do I", "How can I", "How does", "Why do", "Why is", "What is", "What are", "What should I",
+           "Explain", "Write a", "Describe", "Give me", "Suggest", "Can you", "Tell me about", "Compare",
+           "List", "Summarize", "What is the difference between", "Help me", "I want to", "Is it")
+
+
 @torch.no_grad()
-def sample_user_turns(model, processor, n: int, batch: int) -> list[str]:
-    """User questions written by the model itself: the template up to the user's text, sampled at T=1."""
+def sample_user_turns(model, processor, n: int, batch: int, openers: float = 0.0, seed: int = 0) -> list[str]:
+    """User questions written by the model itself: the template up to the user's text, sampled at T=1;
+    a share ``openers`` of them is made to start with one of :data:`OPENERS`."""
     tok = processor.tokenizer
     marker = "QQSPLITQQ"
     full = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": marker}]}],
                                          tokenize=False)
     prefix = full.split(marker)[0]
     end = tok.convert_tokens_to_ids("<|im_end|>")
+    rng = random.Random(seed)
     out: list[str] = []
     while len(out) < n:
-        enc = tok([prefix] * batch, return_tensors="pt", add_special_tokens=False).to(DEV)
+        starts = [rng.choice(OPENERS) if rng.random() < openers else "" for _ in range(batch)]
+        enc = tok([prefix + s for s in starts], return_tensors="pt", padding=True, add_special_tokens=False).to(DEV)
         gen = model.generate(**enc, max_new_tokens=40, do_sample=True, temperature=1.0, top_p=0.95,
                              eos_token_id=end, pad_token_id=end)
-        for row in gen[:, enc["input_ids"].shape[1]:]:
+        for start, row in zip(starts, gen[:, enc["input_ids"].shape[1]:]):
             ids = row.tolist()
             if end not in ids:
                 continue  # cut mid-question: not a question a user would send
-            text = tok.decode(ids[: ids.index(end)], skip_special_tokens=True).strip()
+            text = (start + tok.decode(ids[: ids.index(end)], skip_special_tokens=True)).strip()
             if 8 <= len(text) <= 300:
                 out.append(text)
     return out[:n]
@@ -233,6 +243,7 @@ def main() -> None:
     ap.add_argument("--text-prompts", type=int, default=12000), ap.add_argument("--image-prompts", type=int, default=6000)
     ap.add_argument("--steps", type=int, default=4000), ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3), ap.add_argument("--sizes", default="256x2,384x3")
+    ap.add_argument("--openers", type=float, default=0.0, help="share of sampled user turns started with OPENERS")
     a = ap.parse_args()
     work, out = Path(a.work), Path(a.out)
     work.mkdir(parents=True, exist_ok=True), out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +255,7 @@ def main() -> None:
         data = json.loads(cache.read_text())
     else:
         general = [p.strip() for p in GENERAL_PROMPTS.read_text().splitlines() if p.strip()]
-        user = sample_user_turns(model, processor, a.text_prompts, 1024) + general * 4
+        user = sample_user_turns(model, processor, a.text_prompts, 1024, a.openers) + general * 4
         log(f"{len(user)} text prompts, e.g. {user[:3]}")
         text_answers = greedy_answers(model, processor, user, None, 1024, 192)
         questions, images = shapes_questions(Path(a.data), a.image_prompts, 0)

@@ -20,4 +20,5 @@ python3 scripts/gpu/train_defaults.py eval --model $I --data $W/data/test.json -
 python3 scripts/gpu/train_defaults.py parts --work $W/work --out $W/parts 2>&1 | grep -v "it/s\]" | tail -4
 mkdir -p $W/parts/budget; cp $I/train_log.csv $W/parts/budget/instruct_log.csv; cp $W/work/budget/align/train_log.csv $W/parts/budget/align_log.csv
 cp $W/budget_eval.json $W/work/budget/text_only.json $W/parts/budget/
-tar -C $W/parts -cf $OUT/budget.tar budget; ls -la $OUT; echo "total ${SECONDS}s"
+tar -C $W/parts -cf $W/budget.tar budget
+split -b 15M $W/budget.tar $OUT/budget.tar.; ls -la $OUT;  # $OUT files: 16 MiB at most echo "total ${SECONDS}s"

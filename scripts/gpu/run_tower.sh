@@ -5,7 +5,8 @@
 #   SCENES=160000 TEST=1000 bash scripts/gpu/run_tower.sh      # carry .carry/q1 .whl
 #   bash scripts/gpu/park.sh q2                                  # carry .carry/q2
 #   VISION=/root/h6/vision STEPS=1600 BATCH=128 TRAIN_TIMEOUT=540 bash scripts/gpu/run_budget_v3.sh   # .carry/q3
-# The tower comes back through $OUT (vision.tar, with vision_pretrain.json: held-out head accuracies).
+# The tower comes back through $OUT in 15 MB parts (vision.tar.aa, .ab; inside, vision_pretrain.json holds the
+# held-out head accuracies).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false
 W=/root/h6; mkdir -p $W; OUT=${OUT:-/tmp/out}
@@ -25,4 +26,6 @@ fi
 wait $VPID; grep -v "it/s\]\|Warning\|warn(" $W/vision_log.txt | grep -v '^{' | tail -4
 grep '^{' $W/vision_log.txt | awk 'NR % 20 == 0' | tail -8
 [ -f $W/vision/config.json ] || exit 5
-cp $W/vision_log.txt $W/vision/; tar -C $W -cf $OUT/vision.tar vision; ls -la $OUT $W; echo "total ${SECONDS}s"
+cp $W/vision_log.txt $W/vision/; tar -C $W -cf $W/vision.tar vision
+# $OUT takes files of at most 16 MiB: the fp32 tower (~20 MB) comes back in parts (cat vision.tar.* > vision.tar)
+split -b 15M $W/vision.tar $OUT/vision.tar.; ls -la $OUT $W; echo "total ${SECONDS}s"

@@ -416,11 +416,17 @@ def test_save_as_fp16_names_parts():
 
 @pytest.mark.slow  # about 25 s, mostly the exporter's tracing; the rest of this file takes about 30 s
 def test_export_tiny_llava_hidden_32(tiny_llava, tmp_path):
-    """The tiny LLaVA's LM has hidden 32: group 64 does not fit those layers, NNCF's ADJUST fallback uses 32."""
+    """The tiny LLaVA's LM has hidden 32: group 64 does not fit those layers, NNCF's ADJUST fallback uses 32.
+
+    The copy declares shapes world as its image domain (as nano and budget do): INT8 vision calibrates on it.
+    """
     exporter = pytest.importorskip("llavakit.export.exporter")
     import json
+    import shutil
 
-    out = exporter.export_openvino(tiny_llava, tmp_path / "ov", CompressionOptions(calibration_size=4),
+    model = shutil.copytree(tiny_llava, tmp_path / "model")
+    (model / "llavakit_build.json").write_text(json.dumps({"calibration": "shapes"}))
+    out = exporter.export_openvino(model, tmp_path / "ov", CompressionOptions(calibration_size=4),
                                    show_progress=False)
     lm = out / "openvino_language_model.xml"
     assert "i4" in weight_bytes(lm)
@@ -428,4 +434,21 @@ def test_export_tiny_llava_hidden_32(tiny_llava, tmp_path):
     assert describe_precision(out / "openvino_vision_embeddings_model.xml").startswith("INT8 PTQ (")
     assert describe_precision(out / "openvino_text_embeddings_model.xml") == "INT8"
     report = json.loads((out / "llavakit_export.json").read_text())
+    assert report["calibration"] == "shapes"
     assert report["parts"]["language model"]["precision"].startswith("INT4_SYM g64/g32")
+
+
+def test_calibration_domain_declared_by_the_model(tmp_path):
+    """nano declares shapes world; a model without a declaration (or a broken one) falls back to synthetic."""
+    from llavakit.checkpoints.nano import nano_model_dir
+    from llavakit.export.calibration import default_calibration, shapes_images, synthetic_images
+
+    assert default_calibration(nano_model_dir()) == "shapes"
+    assert default_calibration(tmp_path) is None
+    (tmp_path / "llavakit_build.json").write_text("{not json")
+    assert default_calibration(tmp_path) is None
+    first, again = shapes_images(3), shapes_images(3)
+    assert [im.size for im in first] == [(160, 160)] * 3
+    assert [im.tobytes() for im in first] == [im.tobytes() for im in again]  # reproducible offline
+    assert first[0].tobytes() != first[1].tobytes()
+    assert first[0].tobytes() != synthetic_images(1, size=160)[0].tobytes()

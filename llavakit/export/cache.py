@@ -14,7 +14,7 @@ from llavakit.checkpoints.demo import cache_dir
 from llavakit.export import layout
 
 #: Bump when the export's defaults or layout change, so cached exports are redone.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2  # 2: models that declare a calibration domain are calibrated on it
 
 
 def export_key(source: Path, weights: str) -> str:

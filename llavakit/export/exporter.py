@@ -32,7 +32,7 @@ from llavakit.checkpoints.atomic import atomic_directory
 from llavakit.checkpoints.resolve import resolve_source
 from llavakit.errors import LlavakitError, ModelLoadError
 from llavakit.export import layout, llava_next, lora
-from llavakit.export.calibration import calibration_pixel_values, language_model_calibration
+from llavakit.export.calibration import calibration_pixel_values, default_calibration, language_model_calibration
 from llavakit.export.compress import (
     CompressionOptions,
     compress_language_model,
@@ -78,6 +78,9 @@ def export_openvino(
     hf_model, processor = _load(source)
     report: dict = {"source": str(model), "options": asdict(options), "parts": {}, "versions": _versions()}
     needs_images = options.vision == "int8" or options.data_aware
+    if calibration is None and needs_images:
+        calibration = default_calibration(source)  # e.g. "shapes" for nano and budget
+    report["calibration"] = (calibration or "synthetic") if needs_images else None
     pixels = calibration_pixel_values(calibration, processor, options.calibration_size) if needs_images else None
     if llava_next.is_llava_next(hf_model):  # tiles as the vision IR's batch; no data-aware LM calibration yet
         llava_next.refuse_data_aware(options)

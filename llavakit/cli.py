@@ -101,8 +101,9 @@ def export(
     ] = None,
     text_embeddings: Annotated[str, typer.Option(help="Text embeddings: int8, fp16 or fp32.")] = "int8",
     calibration: Annotated[
-        Optional[str], typer.Option(help="Folder of images, LLaVA JSON, or 'shapes' (rendered scenes) to calibrate on "
-                               "(default: the domain the model declares, as nano and budget do; else synthetic).")
+        Optional[str], typer.Option(help="Folder of images, LLaVA JSON, 'shapes' (rendered scenes) or 'synthetic' "
+                                         "to calibrate on (default: the domain the model declares, as nano and "
+                                         "budget do; else synthetic).")
     ] = None,
     calibration_size: Annotated[int, typer.Option(help="Calibration samples.")] = 32,
     lm_gguf: Annotated[

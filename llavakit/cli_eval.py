@@ -22,8 +22,9 @@ def eval_cmd(
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N questions only.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Answer length (default 12; captions 64).")] = None,
     calibration: Annotated[
-        Optional[str], typer.Option(help="Folder of images, LLaVA JSON, or 'shapes' (rendered scenes) to calibrate on "
-                               "(default: the domain the model declares, as nano and budget do; else synthetic).")
+        Optional[str], typer.Option(help="Folder of images, LLaVA JSON, 'shapes' (rendered scenes) or 'synthetic' "
+                                         "to calibrate on (default: the domain the model declares, as nano and "
+                                         "budget do; else synthetic).")
     ] = None,
     device: Annotated[Optional[str], typer.Option(help="OpenVINO: CPU, GPU, ...; torch: cpu, cuda.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write scores and predictions here.")] = None,

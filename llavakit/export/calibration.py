@@ -2,7 +2,7 @@
 
 Activation ranges are learned from real inputs, so ``--calibration`` takes a
 folder of images or a LLaVA-format JSON dataset (its ``image`` fields, relative
-to the JSON file), or ``shapes`` for rendered shapes-world scenes.
+to the JSON file), ``shapes`` for rendered shapes-world scenes, or ``synthetic``.
 
 With nothing given, a model that declares its image domain is calibrated on it:
 ``llavakit_build.json`` with ``"calibration": "shapes"`` (the default models
@@ -27,6 +27,8 @@ from llavakit.images import load_image
 
 #: ``--calibration shapes``: render shapes-world scenes (the default models' own domain).
 SHAPES = "shapes"
+#: ``--calibration synthetic``: the generic synthetic scenes, even for a model that declares a domain.
+SYNTHETIC = "synthetic"
 #: The file in a model directory that may name its calibration domain (key "calibration").
 BUILD_INFO = "llavakit_build.json"
 
@@ -47,8 +49,10 @@ def calibration_pixel_values(source: str | Path | None, processor, count: int) -
     """``count`` preprocessed images, each (1, 3, H, W) float32, from ``source`` or synthesised."""
     if source == SHAPES:
         images = shapes_images(count)
+    elif source in (None, "", SYNTHETIC):
+        images = synthetic_images(count)
     else:
-        images = _images_from(Path(source), count) if source else synthetic_images(count)
+        images = _images_from(Path(source), count)
     return [processor.image_processor(images=[im], return_tensors="np")["pixel_values"].astype(np.float32)
             for im in images]
 

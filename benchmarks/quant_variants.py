@@ -26,7 +26,7 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     "int8_vision_weights": (dict(weights="int8", vision="int8_weights", text_embeddings="int8"), None),
     "int8_shapes_cal": (dict(weights="int8", vision="int8", text_embeddings="int8"), SHAPES),
     # INT4: layout and data-aware corrections
-    "int4_default": (dict(weights="int4", vision="int8", text_embeddings="int8"), SHAPES),
+    "int4_default": (dict(weights="int4", vision="int8", text_embeddings="int8"), "synthetic"),
     "int4_lm_only": (dict(weights="int4", vision="fp32", text_embeddings="int8"), None),
     "int4_sym_g32": (dict(weights="int4", group_size=32, vision="int8", text_embeddings="int8"), SHAPES),
     "int4_asym_g32": (dict(weights="int4", lm_mode="int4_asym", group_size=32, vision="int8",
@@ -39,6 +39,8 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
                                  scale_estimation=True, calibration_size=64), SHAPES),
     "int4_awq_se_r04": (dict(weights="int4", ratio=0.4, vision="int8", text_embeddings="int8", awq=True,
                              scale_estimation=True, calibration_size=64), SHAPES),
+    "int4_g32_awq_se_r04": (dict(weights="int4", group_size=32, ratio=0.4, vision="int8", text_embeddings="int8",
+                                 awq=True, scale_estimation=True, calibration_size=64), SHAPES),
 }
 
 

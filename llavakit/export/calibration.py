@@ -6,7 +6,7 @@ to the JSON file), ``shapes`` for rendered shapes-world scenes, or ``synthetic``
 
 With nothing given, a model that declares its image domain is calibrated on it:
 ``llavakit_build.json`` with ``"calibration": "shapes"`` (the default models
-``nano`` and ``budget``; ``default_calibration``). Measured on budget (first 200
+``nano`` and ``budget``; ``export/declared.py``). Measured on budget (first 200
 test questions, benchmarks/training.md): INT8 vision calibrated on the generic
 synthetic scenes lost 3 points, on 32 shapes-world scenes it lost none. Other
 models get varied synthetic scenes — gradients, noise, shapes of many colours
@@ -29,20 +29,8 @@ from llavakit.images import load_image
 SHAPES = "shapes"
 #: ``--calibration synthetic``: the generic synthetic scenes, even for a model that declares a domain.
 SYNTHETIC = "synthetic"
-#: The file in a model directory that may name its calibration domain (key "calibration").
-BUILD_INFO = "llavakit_build.json"
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def default_calibration(model_dir: Path) -> str | None:
-    """The calibration source a model declares for itself (``BUILD_INFO``'s "calibration"), else None."""
-    try:
-        info = json.loads((Path(model_dir) / BUILD_INFO).read_text())
-    except (OSError, ValueError):
-        return None
-    value = info.get("calibration") if isinstance(info, dict) else None
-    return value if isinstance(value, str) and value else None
 
 
 def calibration_pixel_values(source: str | Path | None, processor, count: int) -> list[np.ndarray]:

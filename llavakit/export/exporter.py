@@ -32,7 +32,7 @@ from llavakit.checkpoints.atomic import atomic_directory
 from llavakit.checkpoints.resolve import resolve_source
 from llavakit.errors import LlavakitError, ModelLoadError
 from llavakit.export import layout, llava_next, lora
-from llavakit.export.calibration import calibration_pixel_values, default_calibration, language_model_calibration
+from llavakit.export.calibration import calibration_pixel_values, language_model_calibration
 from llavakit.export.compress import (
     CompressionOptions,
     compress_language_model,
@@ -42,6 +42,7 @@ from llavakit.export.compress import (
     save_as_fp16,
 )
 from llavakit.export.convert import convert_language_model, convert_text_embeddings, convert_vision
+from llavakit.export.declared import default_calibration
 
 SUPPORTED = ("llava", "llava_next", "moe_llava")
 

@@ -1,0 +1,45 @@
+"""What a model directory says about its own export: its image domain and per-precision option overrides.
+
+A model may carry ``llavakit_build.json`` (the default models ``nano`` and ``budget`` do):
+
+    "calibration": "shapes"          INT8 vision (and AWQ / scale estimation) calibrate on rendered
+                                     shapes-world scenes instead of generic synthetic ones
+    "export": {"int4": {...}}        CompressionOptions fields applied when that precision is exported
+                                     without explicit options: on first use (``Pipeline(dir, weights=...)``)
+                                     and by ``llavakit eval``
+
+Why: the right calibration images and INT4 recipe depend on the model. For budget, generic calibration
+cost 3 points at INT8 and the notebook INT4 defaults 6 (benchmarks/quantization.md); the model's own
+declaration fixes that for every user without flags. ``llavakit export`` stays explicit: its flags win.
+Kept free of numpy/torch imports: it is read on the cache-hit path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+#: The file in a model directory that holds these declarations.
+BUILD_INFO = "llavakit_build.json"
+
+
+def build_info(model_dir: str | Path) -> dict:
+    """The model's ``BUILD_INFO`` as a dict; {} when absent or unreadable (a declaration is optional)."""
+    try:
+        info = json.loads((Path(model_dir) / BUILD_INFO).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def default_calibration(model_dir: str | Path) -> str | None:
+    """The calibration source the model declares ("shapes", a folder, a JSON file), else None."""
+    value = build_info(model_dir).get("calibration")
+    return value if isinstance(value, str) and value else None
+
+
+def declared_options(model_dir: str | Path, weights: str) -> dict:
+    """CompressionOptions overrides the model declares for exports at ``weights`` precision ({} if none)."""
+    export = build_info(model_dir).get("export")
+    options = export.get(weights) if isinstance(export, dict) else None
+    return dict(options) if isinstance(options, dict) else {}

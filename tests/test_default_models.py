@@ -1,7 +1,7 @@
 """The embedded default models: nano is committed, loads by name, and its INT8 export answers held-out questions.
 
 What the numbers mean (benchmarks/training.md): nano (tower pretrained on scene labels, then the LLaVA
-stages) scores about 88% on the shapes-world test split and 86% as INT8 on OpenVINO; the 70% threshold on 40
+stages) scores about 88% on the shapes-world test split, as INT8 on OpenVINO too; the 70% threshold on 40
 unseen questions is far above what fixed prior answers ("yes", "1", the commonest colour) would score (about
 15%), so it only passes if the committed weights look at the image and the INT8 export kept that. ``budget``: its committed parts stay small (its answers are
 checked by the README's `make demo` test).

@@ -20,16 +20,19 @@ HELP = "commands: /image PATH (attach to next question), /reset (new conversatio
 
 def open_pipeline(model: str, backend: str | None, device: str | None, err: Console,
                   weights: str = "int4", draft: str | None = None, draft_k: int = 4,
-                  adapters: dict[str, str] | None = None) -> Pipeline:
+                  adapters: dict[str, str] | None = None, precise: bool = False) -> Pipeline:
     """Load the model with a spinner on stderr (the first use of a HF checkpoint exports it).
 
     ``draft``: a ``llavakit export-draft`` directory for speculative decoding (``draft_k`` tokens a step).
     ``adapters``: PEFT LoRA adapters by name (``runtime/lora.py``).
+    ``precise``: f32 OpenVINO settings (``runtime/ov_backend.PRECISE``).
     """
     with err.status(f"loading {model} (a HF checkpoint is exported to OpenVINO once, then cached)..."):
         extra = {"draft": draft, "num_draft_tokens": draft_k} if draft else {}
         if adapters:
             extra["adapters"] = adapters
+        if precise:
+            extra["precise"] = True
         return Pipeline(model, backend=backend, device=device, weights=weights, **extra)
 
 

@@ -43,6 +43,9 @@ def serve(
         help="Draft LM for speculative decoding in every slot (a `llavakit export-draft` directory; openvino "
              "backend, no adapters).")] = None,
     draft_k: Annotated[int, typer.Option(help="Tokens the draft proposes per verify pass.")] = 4,
+    precise: Annotated[bool, typer.Option(
+        help="OpenVINO in f32 (compute and KV cache, no dynamic activation quantization): slower, but the "
+             "answers match transformers, and a draft's output equals plain greedy exactly on every CPU.")] = False,
 ) -> None:
     """Serve a model over the OpenAI chat-completions API (and a web chatbot with --ui)."""
     import uvicorn
@@ -64,7 +67,7 @@ def serve(
             raise LlavakitError(f"--adapter {item!r}: expected NAME=PATH (e.g. --adapter pirate=adapters/pirate)")
         adapters[name] = path
     pipe = open_pipeline(model, backend, device, err, weights, draft=str(draft) if draft else None, draft_k=draft_k,
-                         adapters=adapters or None)
+                         adapters=adapters or None, precise=precise)
     application = create_app(pipe, settings)
     where = f"http://{host}:{port}"
     err.print(f"serving {settings.model_name!r} on {where}/v1 ({len(application.state.engine.scheduler.slots)} "

@@ -48,8 +48,10 @@ from llavakit.runtime.lora import AdapterSet, Mix
 from llavakit.runtime.moe_usage import ExpertUsage
 from llavakit.runtime.types import union_of_ids
 
-#: OpenVINO settings that make CPU results match transformers' fp32 (tests, parity checks).
-PRECISE = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+#: OpenVINO settings that make CPU results match transformers' fp32 (tests, parity checks). On CPUs with
+#: AVX-512 VNNI / AMX the plugin also quantizes activations to INT8 on the fly for weight-compressed
+#: MatMuls (dynamic quantization, on by default there): group size 0 turns that off.
+PRECISE = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 IMAGE_CACHE_SIZE = 32
 
 

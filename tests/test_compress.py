@@ -473,3 +473,23 @@ def test_first_use_export_follows_the_models_declared_recipe(tiny_llava, tmp_pat
     assert report["options"]["weights"] == "int8"
     assert (report["options"]["vision"], report["options"]["text_embeddings"]) == ("int8_weights", "fp32")
     assert report["calibration"] is None  # weight-only vision and a data-free LM need no images
+
+
+def test_trained_model_inherits_and_learns_its_declarations(tmp_path):
+    """Fine-tuning a declared model keeps its recipe; training on shapes-world data declares shapes."""
+    import json
+
+    from llavakit.export.declared import trained_build_info
+
+    base, shapes, plain = tmp_path / "base", tmp_path / "shapes", tmp_path / "plain"
+    for d in (base, shapes, plain):
+        d.mkdir()
+    (base / "llavakit_build.json").write_text(json.dumps(
+        {"model": "budget", "calibration": "photos/", "export": {"int4": {"group_size": 32}}}))
+    (shapes / "dataset.json").write_text(json.dumps({"generator": "llavakit shapes", "version": 1}))
+    (plain / "dataset.json").write_text("[]")  # somebody else's file of that name
+    assert trained_build_info(base, plain / "train.json") == {"calibration": "photos/",
+                                                              "export": {"int4": {"group_size": 32}}}
+    assert trained_build_info(base, shapes / "train.json")["calibration"] == "shapes"
+    assert trained_build_info(plain, shapes) == {"calibration": "shapes"}
+    assert trained_build_info(plain, plain / "train.json") == {}

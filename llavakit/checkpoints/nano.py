@@ -137,14 +137,11 @@ def export_nano(trained_dir: str | Path, out_dir: str | Path) -> Path:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    from llavakit.export.declared import SHAPES, write_build_info
+
     model = LlavaForConditionalGeneration.from_pretrained(trained_dir, dtype=torch.float32)
     model.to(torch.float16).save_pretrained(out_dir)
     AutoProcessor.from_pretrained(trained_dir).save_pretrained(out_dir)
-    write_build_info(Path(out_dir))
+    # nano's image domain, so its INT8 export calibrates on shapes world, not generic scenes
+    write_build_info(out_dir, {"built_by": "llavakit", "model": "nano", "calibration": SHAPES})
     return Path(out_dir)
-
-
-def write_build_info(model_dir: Path) -> None:
-    """Name nano's image domain, so its INT8 export calibrates on shapes world, not generic scenes."""
-    (model_dir / "llavakit_build.json").write_text(json.dumps(
-        {"built_by": "llavakit", "model": "nano", "calibration": "shapes"}, indent=2) + "\n")

@@ -23,12 +23,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from llavakit.errors import LlavakitError
+from llavakit.export.declared import SHAPES, SYNTHETIC
 from llavakit.images import load_image
-
-#: ``--calibration shapes``: render shapes-world scenes (the default models' own domain).
-SHAPES = "shapes"
-#: ``--calibration synthetic``: the generic synthetic scenes, even for a model that declares a domain.
-SYNTHETIC = "synthetic"
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

@@ -24,6 +24,9 @@ from pathlib import Path
 
 #: The file in a model directory that holds these declarations.
 BUILD_INFO = "llavakit_build.json"
+#: Calibration sources by name (``--calibration``): rendered shapes-world scenes, the generic synthetic ones.
+SHAPES = "shapes"
+SYNTHETIC = "synthetic"
 
 
 def build_info(model_dir: str | Path) -> dict:
@@ -33,6 +36,11 @@ def build_info(model_dir: str | Path) -> dict:
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
+
+
+def write_build_info(model_dir: str | Path, info: dict) -> None:
+    """Write ``BUILD_INFO`` into ``model_dir`` (the one writer: build, export of nano, training)."""
+    (Path(model_dir) / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def default_calibration(model_dir: str | Path) -> str | None:
@@ -54,6 +62,8 @@ def trained_build_info(base_model: str | Path, data: str | Path) -> dict:
     The base model's calibration and export recipe carry over (fine-tuning nano keeps nano's); data written
     by ``llavakit data shapes`` (its ``dataset.json`` says ``"generator": "llavakit shapes"``) makes it shapes.
     """
+    from llavakit.data.shapes.generate import SHAPES_GENERATOR
+
     info = {k: v for k, v in build_info(base_model).items() if k in ("calibration", "export")}
     path = Path(data)
     summary = (path if path.is_dir() else path.parent) / "dataset.json"
@@ -61,6 +71,6 @@ def trained_build_info(base_model: str | Path, data: str | Path) -> dict:
         generator = json.loads(summary.read_text()).get("generator")
     except (OSError, ValueError, AttributeError):
         generator = None
-    if generator == "llavakit shapes":
-        info["calibration"] = "shapes"
+    if generator == SHAPES_GENERATOR:
+        info["calibration"] = SHAPES
     return info

@@ -42,7 +42,7 @@ from llavakit.export.compress import (
     save_as_fp16,
 )
 from llavakit.export.convert import convert_language_model, convert_text_embeddings, convert_vision
-from llavakit.export.declared import default_calibration
+from llavakit.export.declared import SYNTHETIC, default_calibration
 
 SUPPORTED = ("llava", "llava_next", "moe_llava")
 
@@ -81,7 +81,7 @@ def export_openvino(
     needs_images = options.vision == "int8" or options.data_aware
     if calibration is None and needs_images:
         calibration = default_calibration(source)  # e.g. "shapes" for nano and budget
-    report["calibration"] = (calibration or "synthetic") if needs_images else None
+    report["calibration"] = (calibration or SYNTHETIC) if needs_images else None
     pixels = calibration_pixel_values(calibration, processor, options.calibration_size) if needs_images else None
     if llava_next.is_llava_next(hf_model):  # tiles as the vision IR's batch; no data-aware LM calibration yet
         llava_next.refuse_data_aware(options)

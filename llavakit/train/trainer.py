@@ -48,7 +48,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llavakit.errors import LlavakitError
-from llavakit.export.declared import BUILD_INFO, trained_build_info
+from llavakit.export.declared import BUILD_INFO, trained_build_info, write_build_info
 from llavakit.train import checkpoints
 from llavakit.train.callbacks import (
     CommitCheckpointCallback,
@@ -150,7 +150,7 @@ def train(job: TrainJob) -> TrainResult:
                   "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                                "peft": _version("peft") if recipe.lora else None}}
         if declared := trained_build_info(job.model, job.data):  # export defaults: calibration domain, recipes
-            _write_json(out / BUILD_INFO, {"built_by": "llavakit train", **declared})
+            write_build_info(out, {"built_by": "llavakit train", **declared})
         _write_json(out / "llavakit_train.json", record)
     return TrainResult(out=out, steps=trainer.state.global_step, final_loss=final_loss, resumed_from=resume_from,
                        adapter=adapter, merged=merged, trainable=report, samples=n_samples,

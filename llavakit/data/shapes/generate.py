@@ -58,6 +58,10 @@ _TRAIN_WEIGHTS = {"color": 1.0, "shape": 1.0, "count": 1.2, "spatial": 1.4, "exi
                   "caption": 0.8}
 
 
+#: dataset.json's "generator": how other parts (export/declared.py) recognise shapes-world data.
+SHAPES_GENERATOR = "llavakit shapes"
+
+
 @dataclass(frozen=True)
 class ShapesConfig:
     """What ``llavakit data shapes`` generates; saved as dataset.json next to the data."""
@@ -180,7 +184,7 @@ def generate_shapes(out: Path | str, cfg: ShapesConfig, *, workers: int = 1, for
     if not 32 <= cfg.image_size <= 1024:
         raise LlavakitError(f"--image-size must be between 32 and 1024 pixels, got {cfg.image_size}")
     (out / "images").mkdir(parents=True, exist_ok=True)
-    summary: dict = {"generator": "llavakit shapes", "version": 1, "config": {**cfg.__dict__,
+    summary: dict = {"generator": SHAPES_GENERATOR, "version": 1, "config": {**cfg.__dict__,
                                                                           "families": list(cfg.families)},
                      "held_out": [list(p) for p in HELD_OUT], "families": list(cfg.families), "splits": {}}
     seen: dict[str, str] = {}

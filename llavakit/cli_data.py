@@ -26,6 +26,8 @@ def shapes(
         "color,shape,count,spatial,exists,read,caption"),
     multi_turn: Annotated[float, typer.Option(help="Share of train samples with 2-4 questions.")] = 0.5,
     heldout_share: Annotated[float, typer.Option(help="Share of test scenes with a held-out pair.")] = 0.6,
+    text_captions: Annotated[int, typer.Option(help="Text-only caption samples naming every colour with every "
+                                               "shape (text_captions.json; no image, so no held-out scene).")] = 0,
     workers: Annotated[int, typer.Option(help="Worker processes (output does not depend on it).")] = 1,
     force: Annotated[bool, typer.Option(help="Write into a non-empty output directory.")] = False,
 ) -> None:
@@ -33,13 +35,15 @@ def shapes(
     from llavakit.data.shapes import ShapesConfig, generate_shapes
 
     cfg = ShapesConfig(train=train, val=val, test=test, seed=seed, image_size=image_size, multi_turn=multi_turn,
-                       heldout_share=heldout_share, families=tuple(f.strip() for f in families.split(",") if f.strip()))
+                       heldout_share=heldout_share, text_captions=text_captions, families=tuple(f.strip() for f in families.split(",") if f.strip()))
     summary = generate_shapes(out_dir, cfg, workers=workers, force=force, progress=True)
     for split, info in summary["splits"].items():
         fams = ", ".join(f"{k} {v}" for k, v in sorted(info["families"].items()))
         out.print(f"{split:>5}: {info['samples']} samples, {info['questions']} questions "
                   f"({info['heldout_samples']} with held-out pairs) — {fams}")
     out.print(f"wrote {out_dir}/{{train,val,test}}.json (LLaVA) and .jsonl (HF messages), images/ and dataset.json")
+    if text_captions:
+        out.print(f"wrote {out_dir}/text_captions.json: {text_captions} text-only caption samples")
 
 
 @data_app.command()

@@ -138,7 +138,7 @@ def cmd_budget(a: argparse.Namespace) -> None:
     if not (base / "config.json").is_file():
         vision = Path(a.vision) if a.vision else extract_vision(Path(a.nano), work / "vision", fp16_round=True)
         build_budget_base(vision, lm_dir, base)
-    # data: shapes train + self-distilled text-only samples (about 3% of the mixture)
+    # data: shapes train + self-distilled text-only samples (about 3% of the mixture) + text captions if any
     mix = work / "instruct_mix.json"
     if not mix.is_file():
         text = json.loads(self_distill(lm_dir, work / "text_only.json", a.distill_limit).read_text())
@@ -146,8 +146,10 @@ def cmd_budget(a: argparse.Namespace) -> None:
         for s in shapes:
             s["image"] = str((Path(a.data) / s["image"]).resolve())
         reps = max(1, int(0.03 * len(shapes) / max(1, len(text))))
-        mix.write_text(json.dumps(shapes + text * reps))
-        log(f"instruct mix: {len(shapes)} shapes + {len(text)}x{reps} text-only")
+        captions_file = Path(a.data) / "text_captions.json"  # `llavakit data shapes --text-captions N`
+        captions = json.loads(captions_file.read_text()) if captions_file.is_file() else []
+        mix.write_text(json.dumps(shapes + text * reps + captions))
+        log(f"instruct mix: {len(shapes)} shapes + {len(text)}x{reps} text-only + {len(captions)} text captions")
     torch.cuda.empty_cache()
     common = {"bf16": True, "dataloader_workers": a.workers, "save_steps": int(os.environ.get("SAVE_STEPS", 500)), "save_total_limit": 1, "logging_steps": 25,
                   "max_length": 1024, "seed": 0, "warmup_ratio": 0.03}

@@ -139,7 +139,8 @@ def shapes_questions(data: Path, n: int, seed: int) -> tuple[list[str], list]:
     random.Random(seed).shuffle(samples)
     questions, images = [], []
     for s in samples[:n]:
-        q = s["conversations"][0]["value"].replace("<image>", "").strip()
+        first = next(c for c in s["conversations"] if c["from"] == "human")  # not the system turn
+        q = first["value"].replace("<image>", "").strip()
         questions.append(q)
         images.append(Image.open(data / s["image"]).convert("RGB"))
     return questions, images
@@ -211,7 +212,22 @@ def agreement(model, rows: list[tuple[list[int], int]], pad: int) -> float:
     return hit / max(1, total)
 
 
-def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int) -> list[dict]:
+def kl_to_teacher(teacher, ids, mask, labels, logits):
+    """Mean KL(teacher || draft) over answer positions: soft targets carry the teacher's second choices,
+    which hard greedy labels throw away (DistillSpec). ``logits``: the draft's (B, T, V)."""
+    with torch.no_grad():
+        t_logits = teacher(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+    keep = labels[:, 1:] != -100  # (B, T-1): positions that predict an answer token
+    vocab = logits.shape[-1]  # budget's vocabulary has <image> appended; the draft never predicts it
+    t_logp = torch.log_softmax(t_logits[:, :-1, :vocab][keep].float(), -1)  # (N, V)
+    d_logp = torch.log_softmax(logits[:, :-1][keep].float(), -1)  # (N, V)
+    return (t_logp.exp() * (t_logp - d_logp)).sum(-1).mean()
+
+
+def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int, teacher=None,
+          kl_rows: int = 0) -> list[dict]:
+    """Cross-entropy on budget's greedy answers; with ``teacher``, plus KL to its logits on the first
+    ``kl_rows`` rows (the text rows: the teacher sees no image here, so image rows keep hard labels only)."""
     model.to(DEV).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     warm = max(1, steps // 30)
@@ -219,16 +235,24 @@ def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int) 
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
     history = []
     start = time.time()
-    for step, (ids, mask, labels) in enumerate(batches(rows, batch, 512, pad, random.Random(1))):
-        if step >= steps:
-            break
+    text_rows, image_rows = rows[:kl_rows], rows[kl_rows:]
+    text_share = len(text_rows) / len(rows)
+    streams = {"text": batches(text_rows, batch, 512, pad, random.Random(1)) if text_rows else None,
+               "image": batches(image_rows, batch, 512, pad, random.Random(2)) if image_rows else None}
+    pick = random.Random(3)
+    for step in range(steps):
+        kind = "text" if streams["image"] is None or (streams["text"] and pick.random() < text_share) else "image"
+        ids, mask, labels = (t.to(DEV) for t in next(streams[kind]))
         with torch.autocast(DEV, dtype=torch.bfloat16):
-            loss = model(input_ids=ids.to(DEV), attention_mask=mask.to(DEV), labels=labels.to(DEV)).loss
+            out = model(input_ids=ids, attention_mask=mask, labels=labels)
+            loss = out.loss
+            if teacher is not None and kind == "text":
+                loss = loss + kl_to_teacher(teacher, ids, mask, labels, out.logits)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
         if step % 250 == 0 or step == steps - 1:
-            row = {"step": step, "loss": round(loss.item(), 4), "s": round(time.time() - start, 1)}
+            row = {"step": step, "loss": round(loss.item(), 4), "kind": kind, "s": round(time.time() - start, 1)}
             if step % 1000 == 0 or step == steps - 1:
                 row.update({k: round(agreement(model, v, pad), 4) for k, v in held.items()})
             history.append(row)
@@ -244,6 +268,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4000), ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3), ap.add_argument("--sizes", default="256x2,384x3")
     ap.add_argument("--openers", type=float, default=0.0, help="share of sampled user turns started with OPENERS")
+    ap.add_argument("--general-reps", type=int, default=4, help="times general_prompts.txt joins the prompts")
+    ap.add_argument("--kl", action="store_true", help="add KL to budget's logits on text rows (logit distillation)")
     a = ap.parse_args()
     work, out = Path(a.work), Path(a.out)
     work.mkdir(parents=True, exist_ok=True), out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +281,8 @@ def main() -> None:
         data = json.loads(cache.read_text())
     else:
         general = [p.strip() for p in GENERAL_PROMPTS.read_text().splitlines() if p.strip()]
-        user = sample_user_turns(model, processor, a.text_prompts, 1024, a.openers) + general * 4
+        user = sample_user_turns(model, processor, a.text_prompts, min(1024, a.text_prompts), a.openers) \
+            + general * a.general_reps
         log(f"{len(user)} text prompts, e.g. {user[:3]}")
         text_answers = greedy_answers(model, processor, user, None, 1024, 192)
         questions, images = shapes_questions(Path(a.data), a.image_prompts, 0)
@@ -267,7 +294,11 @@ def main() -> None:
         cache.write_text(json.dumps(data))
     log(f"data: {len(data['text'])} text + {len(data['image'])} image sequences ({time.time() - t0:.0f} s); "
         f"examples {data['examples'][:2]} {data['examples'][5:7]}")
-    del model
+    if a.kl:
+        model = model.to(torch.bfloat16)  # the teacher's logits only; bf16 halves their memory
+    else:
+        del model
+        model = None
     if DEV == "cuda":
         torch.cuda.empty_cache()
     rng = random.Random(0)
@@ -275,17 +306,18 @@ def main() -> None:
         rng.shuffle(data[key])
     n_held = {k: min(300, len(data[k]) // 5) for k in ("text", "image")}
     held = {f"agree_{k}": data[k][:n] for k, n in n_held.items()}
-    rows = data["text"][n_held["text"]:] + data["image"][n_held["image"]:] * 2
+    text_rows = data["text"][n_held["text"]:]
+    rows = text_rows + data["image"][n_held["image"]:] * 2
     if len(rows) < a.batch:
         raise SystemExit(f"only {len(rows)} training sequences for batch {a.batch}")
     pad = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    report = {"examples": data["examples"], "drafts": {}}
+    report = {"examples": data["examples"], "kl": a.kl, "steps": a.steps, "drafts": {}}
     for size in a.sizes.split(","):
         hidden, layers = map(int, size.split("x"))
         draft = build_draft(lm_dir, hidden, layers)
         params = sum(p.numel() for p in draft.parameters())
         log(f"draft {size}: {params / 1e6:.1f} M parameters")
-        history = train(draft, rows, held, a.steps, a.batch, a.lr, pad)
+        history = train(draft, rows, held, a.steps, a.batch, a.lr, pad, model, len(text_rows))
         target = out / f"draft-{size}"
         draft.to(torch.float16).save_pretrained(target)
         processor.tokenizer.save_pretrained(target)

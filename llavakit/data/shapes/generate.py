@@ -6,6 +6,7 @@ Layout written to ``out``::
     <split>.json                   LLaVA JSON: [{"id","image","conversations":[...], ...}]
     <split>.jsonl                  HF messages + images, one sample per line
     dataset.json                   generator settings, held-out pairs, counts per split and family
+    text_captions.json             only with --text-captions N: text-only samples (text_captions.py)
 
 Every sample also carries ``family`` (the first turn's), ``families`` and
 ``kinds`` (one per turn), ``answer`` / ``answer_kind`` (first turn), ``heldout``
@@ -22,7 +23,9 @@ Design decisions:
 * **Held-out combinations**: :data:`HELD_OUT` colour×shape pairs never appear
   in train or val — not in images, not in question text. In test, 60% of
   scenes contain one, and the question is about that object when the family
-  allows it (``heldout: true`` on the sample).
+  allows it (``heldout: true`` on the sample). The opt-in ``text_captions.json``
+  names every colour with every shape in text only (no image) — on purpose,
+  to break the caption prior against held-out pairs; see text_captions.py.
 * **Train** samples carry a system message 10% of the time (a few generic
   prompts), and are multi-turn half of the time (2-4 questions of
   different families about one scene: more supervision per image encoded);
@@ -41,6 +44,7 @@ from pathlib import Path
 
 from llavakit.data.shapes.questions import FAMILIES, QA, ask
 from llavakit.data.shapes.scene import COLORS, SHAPES, Scene, render, sample_scene
+from llavakit.data.shapes.text_captions import text_caption_samples
 from llavakit.errors import LlavakitError
 
 #: Colour×shape pairs kept out of train/val; the test split is built around them.
@@ -75,6 +79,7 @@ class ShapesConfig:
     heldout_share: float = 0.6  # share of test scenes containing a held-out pair
     families: tuple[str, ...] = FAMILIES  # e.g. ("caption",) for an align-stage set
     system_prompts: float = 0.1  # share of train samples with a system message
+    text_captions: int = 0  # text-only caption samples (text_captions.py), written to text_captions.json
 
 
 def allowed_pairs(split: str) -> list[tuple[str, str]]:
@@ -181,6 +186,8 @@ def generate_shapes(out: Path | str, cfg: ShapesConfig, *, workers: int = 1, for
         raise LlavakitError(f"unknown question families {unknown or '(none given)'}; choose from {', '.join(FAMILIES)}")
     if not (0.0 <= cfg.multi_turn <= 1.0 and 0.0 <= cfg.heldout_share <= 1.0):
         raise LlavakitError("--multi-turn and --heldout-share are shares between 0 and 1")
+    if cfg.text_captions < 0:
+        raise LlavakitError(f"--text-captions must be >= 0, got {cfg.text_captions}")
     if not 32 <= cfg.image_size <= 1024:
         raise LlavakitError(f"--image-size must be between 32 and 1024 pixels, got {cfg.image_size}")
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -205,6 +212,9 @@ def generate_shapes(out: Path | str, cfg: ShapesConfig, *, workers: int = 1, for
             "families": dict(Counter(f for r in records for f in r["families"])),
             "heldout_samples": sum(r["heldout"] for r in records),
         }
+    if cfg.text_captions:
+        _write_json(out / "text_captions.json", text_caption_samples(cfg.text_captions, cfg.seed, cfg.image_size))
+        summary["text_captions"] = cfg.text_captions
     (out / "dataset.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 

@@ -225,9 +225,10 @@ def kl_to_teacher(teacher, ids, mask, labels, logits):
 
 
 def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int, teacher=None,
-          kl_rows: int = 0) -> list[dict]:
+          kl_rows: int = 0, save=None) -> list[dict]:
     """Cross-entropy on budget's greedy answers; with ``teacher``, plus KL to its logits on the first
-    ``kl_rows`` rows (the text rows: the teacher sees no image here, so image rows keep hard labels only)."""
+    ``kl_rows`` rows (the text rows: the teacher sees no image here, so image rows keep hard labels only).
+    ``save(model)`` runs at every agreement check, so a run killed by a time limit still leaves a draft."""
     model.to(DEV).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     warm = max(1, steps // 30)
@@ -255,6 +256,8 @@ def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int, 
             row = {"step": step, "loss": round(loss.item(), 4), "kind": kind, "s": round(time.time() - start, 1)}
             if step % 1000 == 0 or step == steps - 1:
                 row.update({k: round(agreement(model, v, pad), 4) for k, v in held.items()})
+                if save is not None:
+                    save(model)
             history.append(row)
             log(json.dumps(row))
     return history
@@ -317,10 +320,14 @@ def main() -> None:
         draft = build_draft(lm_dir, hidden, layers)
         params = sum(p.numel() for p in draft.parameters())
         log(f"draft {size}: {params / 1e6:.1f} M parameters")
-        history = train(draft, rows, held, a.steps, a.batch, a.lr, pad, model, len(text_rows))
         target = out / f"draft-{size}"
-        draft.to(torch.float16).save_pretrained(target)
-        processor.tokenizer.save_pretrained(target)
+
+        def save(m, target=target) -> None:
+            half = {k: v.half() for k, v in m.state_dict().items()}  # fp16 on disk; training goes on in fp32
+            m.save_pretrained(target, state_dict=half)
+            processor.tokenizer.save_pretrained(target)
+
+        history = train(draft, rows, held, a.steps, a.batch, a.lr, pad, model, len(text_rows), save)
         report["drafts"][size] = {"params_m": round(params / 1e6, 2), "history": history}
     (out / "draft_report.json").write_text(json.dumps(report, indent=1))
     log(f"done in {time.time() - t0:.0f} s")

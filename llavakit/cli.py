@@ -90,22 +90,25 @@ def export(
     model: Annotated[str, typer.Argument(help="HF-format LLaVA: a local directory or a hub id.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Directory to write the OpenVINO model to.")],
     weights: Annotated[str, typer.Option(help="Language model precision: fp32, fp16, int8 or int4.")] = "int4",
-    lm_mode: Annotated[str, typer.Option(help="INT4 flavour: int4_sym or int4_asym.")] = "int4_sym",
-    group_size: Annotated[int, typer.Option(help="INT4 group size (-1: per channel).")] = 64,
-    ratio: Annotated[float, typer.Option(help="Share of LM layers in INT4; the rest INT8.")] = 0.6,
-    all_layers: Annotated[bool, typer.Option(help="Also compress embeddings and LM head to INT4.")] = False,
-    awq: Annotated[bool, typer.Option(help="Activation-aware INT4 (uses calibration data).")] = False,
-    scale_estimation: Annotated[bool, typer.Option(help="Scale estimation (uses calibration data).")] = False,
+    lm_mode: Annotated[Optional[str], typer.Option(help="INT4 flavour: int4_sym (default) or int4_asym.")] = None,
+    group_size: Annotated[Optional[int], typer.Option(help="INT4 group size (-1: per channel; default 64).")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Share of LM layers in INT4, the rest INT8 (default 0.6).")
+                     ] = None,
+    all_layers: Annotated[Optional[bool], typer.Option(help="Also compress embeddings and LM head to INT4.")] = None,
+    awq: Annotated[Optional[bool], typer.Option(help="Activation-aware INT4 (uses calibration data).")] = None,
+    scale_estimation: Annotated[Optional[bool], typer.Option(help="Scale estimation (uses calibration data).")
+                                ] = None,
     vision: Annotated[Optional[str], typer.Option(
         help="Vision encoder: int8 (PTQ; the default), int8_weights (the default with --lora-slots), fp16 or fp32.")
     ] = None,
-    text_embeddings: Annotated[str, typer.Option(help="Text embeddings: int8, fp16 or fp32.")] = "int8",
+    text_embeddings: Annotated[Optional[str], typer.Option(help="Text embeddings: int8 (default), fp16 or fp32.")
+                               ] = None,
     calibration: Annotated[
         Optional[str], typer.Option(help="Folder of images, LLaVA JSON, 'shapes' (rendered scenes) or 'synthetic' "
                                          "to calibrate on (default: the domain the model declares, as nano and "
                                          "budget do; else synthetic).")
     ] = None,
-    calibration_size: Annotated[int, typer.Option(help="Calibration samples.")] = 32,
+    calibration_size: Annotated[Optional[int], typer.Option(help="Calibration samples (default 32).")] = None,
     lm_gguf: Annotated[
         Optional[str], typer.Option(help="Also write the LM as a llama.cpp GGUF (q4_k_m, q4_0, q8_0, f16, f32) "
                                          "for --backend llamacpp; needs llama-cpp-python.")
@@ -127,10 +130,19 @@ def export(
     from llavakit.export.exporter import export_openvino
     from llavakit.export.report import print_report
 
-    vision = vision or ("int8_weights" if lora_slots else "int8")  # PTQ would quantize the projector's LoRA inputs
-    options = CompressionOptions(weights=weights, lm_mode=lm_mode, group_size=group_size, ratio=ratio,
-                                 all_layers=all_layers, awq=awq, scale_estimation=scale_estimation, vision=vision,
-                                 text_embeddings=text_embeddings, calibration_size=calibration_size)
+    from llavakit.checkpoints.resolve import resolve_source
+    from llavakit.export.declared import export_recipe
+
+    if lora_slots and vision is None:
+        vision = "int8_weights"  # PTQ would quantize the projector's LoRA inputs
+    given = {"lm_mode": lm_mode, "group_size": group_size, "ratio": ratio, "all_layers": all_layers, "awq": awq,
+             "scale_estimation": scale_estimation, "vision": vision, "text_embeddings": text_embeddings,
+             "calibration_size": calibration_size}
+    recipe, declared = export_recipe(resolve_source(model, "model"), weights, given)
+    if declared:  # budget declares its INT4 recipe (AWQ, group 32): say so, flags still win
+        out.print("using the model's declared " + weights + " recipe: "
+                  + ", ".join(f"{k}={v}" for k, v in declared.items()) + " (flags override)")
+    options = CompressionOptions(**recipe)
     nncf.set_log_level(logging.ERROR)  # keep NNCF's progress bars, drop its info tables: we print our own report
     path = export_openvino(model, out_dir, options, calibration=calibration, force=force, lm_gguf=lm_gguf,
                            lora_slots=lora_slots, lora_targets=lora_targets.split(",") if lora_targets else None)

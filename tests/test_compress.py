@@ -442,7 +442,7 @@ def test_calibration_domain_declared_by_the_model(tmp_path):
     """nano declares shapes world; a model without a declaration (or a broken one) falls back to synthetic."""
     from llavakit.checkpoints.nano import nano_model_dir
     from llavakit.export.calibration import shapes_images, synthetic_images
-    from llavakit.export.declared import declared_options, default_calibration
+    from llavakit.export.declared import declared_options, default_calibration, export_recipe
 
     assert default_calibration(nano_model_dir()) == "shapes"
     assert default_calibration(tmp_path) is None
@@ -451,6 +451,8 @@ def test_calibration_domain_declared_by_the_model(tmp_path):
     (tmp_path / "llavakit_build.json").write_text('{"export": {"int4": {"group_size": 32, "awq": true}}}')
     assert declared_options(tmp_path, "int4") == {"group_size": 32, "awq": True}
     assert declared_options(tmp_path, "int8") == {}
+    recipe, declared = export_recipe(tmp_path, "int4", {"awq": False, "ratio": None})  # a flag beats the model
+    assert recipe == {"weights": "int4", "group_size": 32, "awq": False} and declared == {"group_size": 32}
     first, again = shapes_images(3), shapes_images(3)
     assert [im.size for im in first] == [(160, 160)] * 3
     assert [im.tobytes() for im in first] == [im.tobytes() for im in again]  # reproducible offline
@@ -473,6 +475,17 @@ def test_first_use_export_follows_the_models_declared_recipe(tiny_llava, tmp_pat
     assert report["options"]["weights"] == "int8"
     assert (report["options"]["vision"], report["options"]["text_embeddings"]) == ("int8_weights", "fp32")
     assert report["calibration"] is None  # weight-only vision and a data-free LM need no images
+    # `llavakit export` applies the same declaration; a flag given on the command line wins over it
+    from typer.testing import CliRunner
+
+    from llavakit.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(model), "--out", str(tmp_path / "cli"), "--weights", "int8",
+                                      "--text-embeddings", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "declared int8 recipe: vision=int8_weights" in " ".join(result.output.split())
+    options = json.loads((tmp_path / "cli" / "llavakit_export.json").read_text())["options"]
+    assert (options["vision"], options["text_embeddings"]) == ("int8_weights", "int8")
 
 
 def test_trained_model_inherits_and_learns_its_declarations(tmp_path):

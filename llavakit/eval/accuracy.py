@@ -311,11 +311,11 @@ def open_variant(model: str | Path, backend: str, precision: str, calibration: s
         import nncf
 
         from llavakit.export.compress import CompressionOptions
-        from llavakit.export.declared import declared_options
+        from llavakit.export.declared import export_recipe
         from llavakit.export.exporter import export_openvino
 
         nncf.set_log_level(logging.WARNING)
-        options = CompressionOptions(**{**PRECISIONS[precision], **declared_options(source, precision)})
+        options = CompressionOptions(**{**PRECISIONS[precision], **export_recipe(source, precision)[0]})
         export_openvino(source, target, options, calibration=calibration, force=True, show_progress=False)
     return Pipeline(target, backend="openvino", device=device)
 

@@ -58,6 +58,7 @@ from typing import Any
 
 from llavakit.checkpoints.atomic import atomic_directory
 from llavakit.errors import LlavakitError
+from llavakit.runtime.llamacpp_amx import load_llama
 
 DIST = "llama-cpp-python"
 #: The version this module was written and measured against (benchmarks/LLAMACPP.md).
@@ -405,7 +406,8 @@ def _load(gguf_path: Path, n_ctx: int, n_threads: int, n_batch: int, flash_attn:
     if not gguf_path.is_file():
         raise LlavakitError(f"{gguf_path} does not exist")
     try:
-        return llama_cpp.Llama(
+        return load_llama(  # without llama.cpp's crashing AMX path on AMX builds (runtime/llamacpp_amx.py)
+            llama_cpp,
             model_path=str(gguf_path),
             n_ctx=n_ctx,
             n_batch=n_batch,

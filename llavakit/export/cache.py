@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llavakit.checkpoints.demo import cache_dir
 from llavakit.export import layout
-from llavakit.export.declared import declared_options
+from llavakit.export.declared import export_recipe
 
 #: Bump when the export's defaults or layout change, so cached exports are redone.
 EXPORT_FORMAT = 2  # 2: models that declare a calibration domain are calibrated on it
@@ -46,9 +46,8 @@ def ensure_exported(source: Path, weights: str = "int4", lora_slots: bool = Fals
         from llavakit.export.compress import CompressionOptions
         from llavakit.export.exporter import export_openvino
 
-        declared = declared_options(source, weights)  # the model's own recipe for this precision, if any
-        options = CompressionOptions(**{"weights": weights, **declared,
-                                        **({"vision": "int8_weights"} if lora_slots else {})})
+        recipe, _ = export_recipe(source, weights, {"vision": "int8_weights"} if lora_slots else None)
+        options = CompressionOptions(**recipe)  # the model's own recipe for this precision, if it declares one
         nncf.set_log_level(logging.WARNING)  # an export on first use is a side job: no statistics tables
         export_openvino(source, target, options, force=True, lora_slots=lora_slots)
     return target

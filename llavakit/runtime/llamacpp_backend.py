@@ -53,6 +53,7 @@ from llavakit.errors import LlavakitError, ModelLoadError
 from llavakit.export import layout
 from llavakit.export.lm_gguf import find_ggufs, gguf_name
 from llavakit.runtime.chat_render import ChatRenderer
+from llavakit.runtime.llamacpp_amx import load_llama
 from llavakit.runtime.image_processing import ImageProcessor
 from llavakit.runtime.ov_backend import (
     PRECISE,
@@ -210,9 +211,9 @@ class LlamaCppBackend(OpenVINOBackend):
 
     def _load(self, llama_cpp, text_config: dict):
         try:
-            return llama_cpp.Llama(model_path=str(self.gguf_path), n_ctx=self.max_context, n_batch=512,
-                                   n_ubatch=512, n_threads=self.n_threads, n_threads_batch=self.n_threads,
-                                   flash_attn=False, use_mmap=False, verbose=False)
+            return load_llama(llama_cpp, model_path=str(self.gguf_path), n_ctx=self.max_context, n_batch=512,
+                              n_ubatch=512, n_threads=self.n_threads, n_threads_batch=self.n_threads,
+                              flash_attn=False, use_mmap=False, verbose=False)
         except (ValueError, RuntimeError) as exc:  # llama-cpp-python: "Failed to load model from file"
             raise ModelLoadError(f"llama.cpp could not load {self.gguf_path} ({exc}); the file is missing, "
                                  f"truncated or not a GGUF — export it again with --lm-gguf") from None

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,23 @@ def test_llamacpp_detokenizer_gives_the_openvino_text(lc_pipeline, gguf_export) 
     cases += [special + [int(i) for i in rng.integers(0, vocab, 8)] + special]
     for ids in cases:
         assert lc_pipeline.backend.decode_text(ids) == ov.backend.decode_text(ids), ids
+
+
+def test_amx_builds_load_without_the_crashing_amx_buffers(gguf_export: Path) -> None:
+    """On a build with AMX kernels the backend loads with extra buffers off (llama.cpp#20824); else as llama.cpp does;
+    the patched defaults never outlive the load."""
+    import llama_cpp
+
+    from llavakit.export.lm_gguf import find_ggufs
+    from llavakit.runtime.llamacpp_amx import amx_build, load_llama
+
+    original = llama_cpp.llama_cpp.llama_model_default_params
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        llm = load_llama(llama_cpp, model_path=str(find_ggufs(gguf_export)[0]), n_ctx=64, verbose=False)
+    try:
+        assert bool(llm.model_params.use_extra_bufts) is not amx_build(llama_cpp)
+        assert llama_cpp.llama_cpp.llama_model_default_params is original
+        llm.eval([1, 2, 3])  # the first decode: where an AMX build crashed
+    finally:
+        llm.close()

@@ -35,7 +35,8 @@ def shapes(
     from llavakit.data.shapes import ShapesConfig, generate_shapes
 
     cfg = ShapesConfig(train=train, val=val, test=test, seed=seed, image_size=image_size, multi_turn=multi_turn,
-                       heldout_share=heldout_share, text_captions=text_captions, families=tuple(f.strip() for f in families.split(",") if f.strip()))
+                       heldout_share=heldout_share, text_captions=text_captions,
+                       families=tuple(f.strip() for f in families.split(",") if f.strip()))
     summary = generate_shapes(out_dir, cfg, workers=workers, force=force, progress=True)
     for split, info in summary["splits"].items():
         fams = ", ".join(f"{k} {v}" for k, v in sorted(info["families"].items()))

@@ -4,16 +4,16 @@ A model may carry ``llavakit_build.json`` (the default models ``nano`` and ``bud
 
     "calibration": "shapes"          INT8 vision (and AWQ / scale estimation) calibrate on rendered
                                      shapes-world scenes instead of generic synthetic ones
-    "export": {"int4": {...}}        CompressionOptions fields applied when that precision is exported
-                                     without explicit options: on first use (``Pipeline(dir, weights=...)``)
-                                     and by ``llavakit eval``
+    "export": {"int4": {...}}        CompressionOptions fields applied when that precision is exported:
+                                     on first use (``Pipeline(dir, weights=...)``), by ``llavakit eval``
+                                     and by ``llavakit export`` (where a flag given wins; ``export_recipe``)
 
 ``llavakit train`` writes the file for what it trains: the base model's declarations carry over, and a model
 trained on ``llavakit data shapes`` output declares shapes world (``trained_build_info``).
 
 Why: the right calibration images and INT4 recipe depend on the model. For budget, generic calibration
 cost 3 points at INT8 and the notebook INT4 defaults 6 (benchmarks/quantization.md); the model's own
-declaration fixes that for every user without flags. ``llavakit export`` stays explicit: its flags win.
+declaration fixes that for every user without flags.
 Kept free of numpy/torch imports: it is read on the cache-hit path.
 """
 

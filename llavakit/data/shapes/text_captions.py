@@ -13,6 +13,9 @@ its shape from context instead of from pair frequency. No image is involved, so 
 combination is ever *seen* in training: the test split's promise ("combinations never seen in
 training") is about scenes, and still holds.
 
+Result (budget v6, benchmarks/training.md): no gain — caption 82.0 against v5's 84.2, the same swaps.
+The prior is in the image→colour mapping, not in the text; kept as an opt-in data tool, off by default.
+
 Written by ``llavakit data shapes --text-captions N`` as ``text_captions.json`` (LLaVA JSON, no
 ``image`` key) next to the splits; ``scripts/gpu/train_defaults.py`` adds it to budget's instruct mix.
 """

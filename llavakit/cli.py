@@ -199,11 +199,16 @@ def export_draft(
     out_dir: Annotated[Path, typer.Option("--out", help="Where to write the draft.")],
     weights: Annotated[str, typer.Option(help="fp32, fp16, int8 or int4.")] = "int8",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    head_size: Annotated[Optional[int], typer.Option(
+        help="Keep only the LM-head rows of this many most frequent ids (a cheaper draft step).")] = None,
+    head_file: Annotated[Optional[Path], typer.Option(
+        help="JSON {\"head_ids\": [...]} most frequent first; default MODEL/draft_head.json.")] = None,
 ) -> None:
     """Export a small LM as a draft for speculative decoding (`llavakit chat --draft DIR`)."""
     from llavakit.export.draft import export_draft_lm
 
-    out.print(f"draft written to {export_draft_lm(model, out_dir, weights=weights, force=force)}")
+    written = export_draft_lm(model, out_dir, weights=weights, force=force, head_size=head_size, head_file=head_file)
+    out.print(f"draft written to {written}")
 
 
 @app.command()

@@ -75,6 +75,33 @@ def test_draft_equal_to_target_accepts_everything_on_text(plain, spec_same) -> N
     assert len(sampled.token_ids) == 24 and sampled.speculative.acceptance_rate > 0.99
 
 
+def test_reduced_head_draft_maps_its_logits_back_to_the_targets_ids(tiny_export, tiny_llava, plain, tmp_path) -> None:
+    """A draft exported with a head of N frequent ids (export/draft.py, head_size): the target's own LM with a
+    head holding exactly the ids of the reference answer accepts everything; with half of them left out it
+    accepts less, and greedy output still equals plain greedy; sampling keeps running."""
+    reference = plain.generate("tell me a story", max_new_tokens=24, ignore_eos=True).token_ids
+    said = list(dict.fromkeys(reference))  # ids in order of first use, no repeats
+    (tmp_path / "all.json").write_text(json.dumps({"head_ids": said + [0, 1, 2]}))
+    full = export_draft_lm(tiny_llava, tmp_path / "full", head_size=len(said), head_file=tmp_path / "all.json")
+    marker = json.loads((full / "llavakit_draft.json").read_text())
+    assert marker["head_ids"] == said
+    spec = Pipeline(tiny_export, precise=True, draft=full, num_draft_tokens=4)
+    assert spec.speculative.draft.sync([5, 6, 7]).shape == (len(said),)  # (N,): logits of the head ids only
+    result = spec.generate("tell me a story", max_new_tokens=24, ignore_eos=True)
+    assert result.token_ids == reference and result.speculative.acceptance_rate == 1.0
+    half = said[: len(said) // 2]
+    (tmp_path / "half.json").write_text(json.dumps({"head_ids": half}))
+    cut = export_draft_lm(tiny_llava, tmp_path / "half", head_size=1000, head_file=tmp_path / "half.json")
+    spec = Pipeline(tiny_export, precise=True, draft=cut, num_draft_tokens=4)
+    result = spec.generate("tell me a story", max_new_tokens=24, ignore_eos=True)
+    assert result.token_ids == reference
+    assert 0 < result.speculative.acceptance_rate < 1.0
+    sampled = spec.generate("tell me a story", max_new_tokens=12, ignore_eos=True, do_sample=True, seed=1)
+    assert len(sampled.token_ids) == 12
+    with pytest.raises(LlavakitError, match="draft_head.json"):
+        export_draft_lm(tiny_llava, tmp_path / "none", head_size=8)
+
+
 def test_random_draft_is_mostly_rejected_and_sampling_runs(spec_other) -> None:
     # Random tiny LMs are near-uniform at temperature 1 (so p ≈ q and most drafts pass); a low
     # temperature makes both peaked, and two unrelated peaked distributions rarely agree.

@@ -13,6 +13,19 @@ Layout of the output directory: the two IR models under the export names, the
 text config as ``config.json``, the HF tokenizer files (the runtime compares
 them with the main model's to refuse a draft of another vocabulary), and
 ``llavakit_draft.json`` as the marker of a complete draft.
+
+Reduced-vocabulary head (``head_size``). A small draft's cost is mostly its LM
+head: a 2-layer, hidden-256 draft on SmolLM2's 49k vocabulary reads 12.6 M head
+weights per token against 1.6 M in its layers. The draft only has to guess the
+target's next token, and a few thousand ids cover almost everything the target
+says, so the export can keep the head rows of the ``head_size`` most frequent
+ids only (logits ``(B, T, N)``; the text embeddings keep the whole vocabulary,
+so any prompt still reads right). The ids come frequency-ordered from
+``draft_head.json`` next to the source (``scripts/gpu/train_draft.py`` writes
+it from the target's own answers) and are written into the marker; the runtime
+maps the N logits back to ids, and ids outside the head get q = 0, which
+greedy verification and rejection sampling both handle exactly. Only
+acceptance can suffer, when the target's token is outside the head.
 """
 
 from __future__ import annotations
@@ -30,11 +43,41 @@ from llavakit.errors import LlavakitError, ModelLoadError
 from llavakit.export import layout
 
 DRAFT_MARKER = "llavakit_draft.json"
+HEAD_FILE = "draft_head.json"  # {"head_ids": [...]}: ids most frequent first, next to a trained draft
 LLAVA_TYPES = ("llava", "llava_next", "moe_llava")
 
 
-def export_draft_lm(source: str | Path, out: str | Path, weights: str = "fp32", force: bool = False) -> Path:
-    """Export the causal LM (or a LLaVA's LM) at ``source`` to ``out`` as a draft; returns ``out``."""
+def read_head_ids(src: Path, head_size: int, head_file: Path | None = None) -> list[int]:
+    """The ``head_size`` most frequent ids from ``head_file`` (default: ``src/draft_head.json``), in order."""
+    path = head_file or src / HEAD_FILE
+    if not path.is_file():
+        raise LlavakitError(f"--head-size needs {path}: a JSON {{\"head_ids\": [...]}} listing token ids most "
+                            "frequent first (scripts/gpu/train_draft.py writes one next to each draft)")
+    try:
+        ids = [int(i) for i in json.loads(path.read_text())["head_ids"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise LlavakitError(f"{path} is not a draft head file ({{\"head_ids\": [int, ...]}}): {err}") from err
+    if head_size < 1 or not ids or len(set(ids)) != len(ids):
+        raise LlavakitError(f"head size must be >= 1 and {path} must not repeat ids (got size {head_size})")
+    return ids[:head_size]
+
+
+def head_subset(head, head_ids: list[int]):
+    """A bias-free linear layer with the rows ``head_ids`` of ``head``: logits (B, T, N) for those ids only."""
+    import torch
+
+    weight = head.weight.detach()[torch.tensor(head_ids)]  # (N, D)
+    small = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    small.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+    return small
+
+
+def export_draft_lm(source: str | Path, out: str | Path, weights: str = "fp32", force: bool = False,
+                    head_size: int | None = None, head_file: Path | None = None) -> Path:
+    """Export the causal LM (or a LLaVA's LM) at ``source`` to ``out`` as a draft; returns ``out``.
+
+    ``head_size``: keep only that many head rows (the most frequent ids of ``head_file``; module docstring).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
@@ -64,6 +107,11 @@ def export_draft_lm(source: str | Path, out: str | Path, weights: str = "fp32", 
             text_config = lm.config
         else:
             raise ModelLoadError(f"{src} has no config.json with a model_type; a draft is a HF causal LM directory")
+        head_ids = read_head_ids(src, head_size, head_file) if head_size else None
+        if head_ids is not None:
+            if max(head_ids) >= text_config.vocab_size or min(head_ids) < 0:
+                raise LlavakitError(f"head ids must lie in [0, {text_config.vocab_size}) for this model")
+            model.lm_head = head_subset(model.lm_head, head_ids)  # (N, D): logits for the head ids only
         tokenizer = AutoTokenizer.from_pretrained(src)
         with atomic_directory(out) as tmp:
             language = compress_language_model(convert_language_model(model), options)
@@ -73,5 +121,6 @@ def export_draft_lm(source: str | Path, out: str | Path, weights: str = "fp32", 
             tokenizer.save_pretrained(tmp)
             (tmp / DRAFT_MARKER).write_text(json.dumps({
                 "source": str(source), "weights": weights, "vocab_size": int(text_config.vocab_size),
+                **({"head_ids": head_ids} if head_ids is not None else {}),
                 "seconds": round(time.perf_counter() - start, 2)}, indent=2) + "\n")
     return out

@@ -60,7 +60,9 @@ Design decisions:
 - The draft's vocabulary may be shorter than the target's (the VLM adds
   ``<image>``); its ids must mean the same tokens (checked from tokenizer.json),
   else a clear LlavakitError. Missing ids get q = 0, which rejection sampling
-  handles exactly.
+  handles exactly. A draft exported with a reduced head (``export/draft.py``,
+  ``head_size``) returns logits for its ``head_ids`` only; they are scattered
+  back onto the target's ids, the others get q = 0 the same way.
 - The draft's processed distribution ``q`` uses the same repetition penalty,
   temperature, top-k and top-p as the target's ``p``.
 - Adaptive k (optional): grow k by one after a fully accepted round, shrink by
@@ -177,6 +179,8 @@ class DraftModel:
         self._text = core.compile_model(self.dir / layout.TEXT_EMBEDDINGS, device, props)
         config = json.loads((self.dir / layout.CONFIG).read_text())
         self.vocab_size = int(config["vocab_size"])
+        head = json.loads((self.dir / DRAFT_MARKER).read_text()).get("head_ids")
+        self.head_ids = None if head is None else np.asarray(head, dtype=np.int64)  # (N,) id of each logit
         self.max_context = int(config.get("max_position_embeddings", 4096))
         self.keys: list[int] = []
 
@@ -189,7 +193,8 @@ class DraftModel:
         return twin
 
     def sync(self, tokens: list[int]) -> np.ndarray:
-        """Make the state hold ``tokens`` (keeping the common prefix), return the next-token logits (V_d,)."""
+        """Make the state hold ``tokens`` (keeping the common prefix), return the next-token logits (V_d,)
+        (``(N,)`` for the ids ``head_ids`` when the draft has a reduced head)."""
         keep = 0
         limit = len(tokens) - 1  # at least one token is run, to get logits
         for a, b in zip(self.keys, tokens):
@@ -443,7 +448,7 @@ class SpeculativeDecoder:
         rows: list[np.ndarray | None] = []
         sequence = list(text)
         for _ in range(k):
-            logits = self._fit(self.draft.sync(sequence))  # (V,)
+            logits = self._fit(self.draft.sync(sequence))  # (V,) on the target's ids
             if cfg.do_sample:
                 q = processed_probs(logits, cfg, ids + proposals)
                 token = int(rng.choice(q.shape[-1], p=q))
@@ -456,8 +461,14 @@ class SpeculativeDecoder:
         return proposals, rows
 
     def _fit(self, logits: np.ndarray) -> np.ndarray:
-        """Draft logits on the target's vocabulary: ids the draft lacks get -inf (q = 0)."""
+        """Draft logits on the target's vocabulary: ids the draft lacks (or its head leaves out) get -inf."""
         vocab = self.target_vocab
+        head = self.draft.head_ids
+        if head is not None:
+            full = np.full(vocab, -np.inf, dtype=np.float32)  # (V,)
+            keep = head < vocab
+            full[head[keep]] = logits[keep]
+            return full
         if logits.shape[-1] >= vocab:
             return logits[:vocab].astype(np.float32)
         return np.concatenate([logits, np.full(vocab - logits.shape[-1], -np.inf, dtype=logits.dtype)]).astype(np.float32)

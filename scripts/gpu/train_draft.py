@@ -13,6 +13,13 @@ The draft is a 2-layer Llama on SmolLM2's vocabulary whose embedding starts as t
 (the vocabulary is most of a small draft's parameters; a good start saves most of the training).
 A plain loop is enough here: one small model, one GPU, minutes.
 
+Next to each draft it writes ``draft_head.json``: the ids of budget's answer tokens, most frequent first,
+which ``llavakit export-draft --head-size N`` uses to keep only N rows of the draft's LM head (the
+draft step is then cheaper; ``export/draft.py``). The agreement checks report both the full-vocabulary
+figure and the figure with the head cut to ``--head-size`` (the one the runtime will see).
+``--resume`` starts each draft from the one a previous (time-limited) call saved in ``--out``; the
+teacher's data is cached in ``--work``, so a second call on the same warm machine only trains.
+
 Usage (GPU machine, GGUF and wheels as in run_budget_v2.sh)::
 
     python3 scripts/gpu/train_draft.py --gguf G.gguf --data SHAPES_DIR --work W --out OUT_DIR
@@ -195,15 +202,24 @@ def batches(rows: list[tuple[list[int], int]], size: int, max_len: int, pad: int
             yield pad_batch([rows[j] for j in order[i: i + size]], max_len, pad)
 
 
+def answer_counts(rows: list[tuple[list[int], int]]):
+    """How often each id occurs in the answers of ``rows``; most common first is the reduced head's order."""
+    from collections import Counter
+
+    return Counter(t for ids, n_prompt in rows for t in ids[n_prompt:])
+
+
 @torch.no_grad()
-def agreement(model, rows: list[tuple[list[int], int]], pad: int) -> float:
-    """Teacher-forced top-1 agreement with budget's greedy answer tokens (a proxy for acceptance)."""
+def agreement(model, rows: list[tuple[list[int], int]], pad: int, head: list[int] | None = None) -> float:
+    """Teacher-forced top-1 agreement with budget's greedy answer tokens (a proxy for acceptance);
+    ``head``: the draft's argmax taken over those ids only, as a reduced-head export would."""
     model.eval()
     hit = total = 0
+    index = torch.tensor(head, device=DEV) if head else None
     for i in range(0, len(rows), 64):
         ids, mask, labels = pad_batch(rows[i: i + 64], 512, pad)
         logits = model(input_ids=ids.to(DEV), attention_mask=mask.to(DEV)).logits  # (B, T, V)
-        pred = logits[:, :-1].argmax(-1)
+        pred = logits[:, :-1].argmax(-1) if index is None else index[logits[:, :-1, index].argmax(-1)]  # (B, T-1)
         gold = labels[:, 1:].to(DEV)
         keep = gold != -100
         hit += int((pred[keep] == gold[keep]).sum())
@@ -225,7 +241,7 @@ def kl_to_teacher(teacher, ids, mask, labels, logits):
 
 
 def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int, teacher=None,
-          kl_rows: int = 0, save=None) -> list[dict]:
+          kl_rows: int = 0, save=None, head: list[int] | None = None) -> list[dict]:
     """Cross-entropy on budget's greedy answers; with ``teacher``, plus KL to its logits on the first
     ``kl_rows`` rows (the text rows: the teacher sees no image here, so image rows keep hard labels only).
     ``save(model)`` runs at every agreement check, so a run killed by a time limit still leaves a draft."""
@@ -256,6 +272,9 @@ def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int, 
             row = {"step": step, "loss": round(loss.item(), 4), "kind": kind, "s": round(time.time() - start, 1)}
             if step % 1000 == 0 or step == steps - 1:
                 row.update({k: round(agreement(model, v, pad), 4) for k, v in held.items()})
+                if head:
+                    row.update({f"{k}_head{len(head)}": round(agreement(model, v, pad, head), 4)
+                                for k, v in held.items()})
                 if save is not None:
                     save(model)
             history.append(row)
@@ -273,6 +292,8 @@ def main() -> None:
     ap.add_argument("--openers", type=float, default=0.0, help="share of sampled user turns started with OPENERS")
     ap.add_argument("--general-reps", type=int, default=4, help="times general_prompts.txt joins the prompts")
     ap.add_argument("--kl", action="store_true", help="add KL to budget's logits on text rows (logit distillation)")
+    ap.add_argument("--head-size", type=int, default=8192, help="head rows the agreement check also scores")
+    ap.add_argument("--resume", action="store_true", help="start each draft from the one saved in --out")
     a = ap.parse_args()
     work, out = Path(a.work), Path(a.out)
     work.mkdir(parents=True, exist_ok=True), out.mkdir(parents=True, exist_ok=True)
@@ -292,8 +313,8 @@ def main() -> None:
         image_answers = greedy_answers(model, processor, questions, images, 512, 64)
         data = {"text": draft_sequences(processor, user, text_answers, False),
                 "image": draft_sequences(processor, questions, image_answers, True),
-                "examples": [[user[i], processor.tokenizer.decode(text_answers[i])] for i in range(5)]
-                + [[questions[i], processor.tokenizer.decode(image_answers[i])] for i in range(5)]}
+                "examples": [[user[i], processor.tokenizer.decode(text_answers[i])] for i in range(min(5, len(user)))]
+                + [[questions[i], processor.tokenizer.decode(image_answers[i])] for i in range(min(5, len(questions)))]}
         cache.write_text(json.dumps(data))
     log(f"data: {len(data['text'])} text + {len(data['image'])} image sequences ({time.time() - t0:.0f} s); "
         f"examples {data['examples'][:2]} {data['examples'][5:7]}")
@@ -314,20 +335,33 @@ def main() -> None:
     if len(rows) < a.batch:
         raise SystemExit(f"only {len(rows)} training sequences for batch {a.batch}")
     pad = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    report = {"examples": data["examples"], "kl": a.kl, "steps": a.steps, "drafts": {}}
+    counts = answer_counts(rows)
+    frequent = [t for t, _ in counts.most_common()]
+    covered = {n: round(sum(counts[t] for t in frequent[:n]) / max(1, sum(counts.values())), 4)
+               for n in (2048, 4096, 8192, 16384)}
+    log(f"answer tokens covered by the N most frequent ids: {covered}")
+    report = {"examples": data["examples"], "kl": a.kl, "steps": a.steps, "head_coverage": covered, "drafts": {}}
     for size in a.sizes.split(","):
         hidden, layers = map(int, size.split("x"))
-        draft = build_draft(lm_dir, hidden, layers)
+        target = out / f"draft-{size}"
+        if a.resume and (target / "config.json").is_file():
+            from transformers import LlamaForCausalLM
+
+            draft = LlamaForCausalLM.from_pretrained(target, dtype=torch.float32)
+            log(f"draft {size}: resumed from {target}")
+        else:
+            draft = build_draft(lm_dir, hidden, layers)
         params = sum(p.numel() for p in draft.parameters())
         log(f"draft {size}: {params / 1e6:.1f} M parameters")
-        target = out / f"draft-{size}"
 
         def save(m, target=target) -> None:
             half = {k: v.half() for k, v in m.state_dict().items()}  # fp16 on disk; training goes on in fp32
             m.save_pretrained(target, state_dict=half)
             processor.tokenizer.save_pretrained(target)
+            (target / "draft_head.json").write_text(json.dumps({"head_ids": frequent}))
 
-        history = train(draft, rows, held, a.steps, a.batch, a.lr, pad, model, len(text_rows), save)
+        history = train(draft, rows, held, a.steps, a.batch, a.lr, pad, model, len(text_rows), save,
+                        frequent[: a.head_size])
         report["drafts"][size] = {"params_m": round(params / 1e6, 2), "history": history}
     (out / "draft_report.json").write_text(json.dumps(report, indent=1))
     log(f"done in {time.time() - t0:.0f} s")

@@ -80,12 +80,14 @@ def random_draft_source(target: Path, out: Path) -> Path:
     return out
 
 
-def draft_export(source: Path, weights: str, root: Path) -> Path:
-    """The draft exported at ``weights`` into ``root`` (once per source files + precision)."""
-    out = root / f"{source.name}-{weights}-{export_key(source, 'draft-' + weights)}"
+def draft_export(source: Path, weights: str, root: Path, head_size: int | None = None) -> Path:
+    """The draft exported at ``weights`` into ``root`` (once per source files + precision + head size);
+    ``head_size``: a reduced LM head of the most frequent ids of ``source/draft_head.json``."""
+    tag = f"draft-{weights}" + (f"-head{head_size}" if head_size else "")
+    out = root / f"{source.name}-{tag[6:]}-{export_key(source, tag)}"
     if not (out / "llavakit_draft.json").is_file():
-        print(f"exporting draft {source} at {weights} -> {out}", flush=True)
-        export_draft_lm(source, out, weights=weights, force=True)
+        print(f"exporting draft {source} at {weights} (head {head_size or 'full'}) -> {out}", flush=True)
+        export_draft_lm(source, out, weights=weights, force=True, head_size=head_size)
     return out
 
 
@@ -129,9 +131,9 @@ def step_costs(spec: Pipeline, draft_dir: Path) -> dict[str, float]:
 
 
 def run_precision(precision: str, draft_source: Path, items: list, max_new_tokens: int, penalty: float,
-                  drafts_root: Path) -> dict:
+                  drafts_root: Path, head_size: int | None = None) -> dict:
     exported = open_variant(ensure_budget_model(), "openvino", precision).model_dir
-    draft_dir = draft_export(draft_source, precision, drafts_root)
+    draft_dir = draft_export(draft_source, precision, drafts_root, head_size)
     # plain greedy at the KV precision the speculative target uses (speculative.VERIFY_KV): the same numbers
     plain = Pipeline(exported, properties=dict(VERIFY_KV))
     spec = Pipeline(exported, draft=draft_dir)
@@ -208,6 +210,8 @@ def main() -> None:
                         help="text prompts, one per line (default: held out from the trained draft's data)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 = plain greedy (the demo uses 1.2)")
+    parser.add_argument("--head-size", type=int, default=None,
+                        help="export the draft with a reduced LM head of this many ids (needs DRAFT/draft_head.json)")
     parser.add_argument("--cache", type=Path, default=cache_dir() / "bench" / "spec-drafts")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -221,13 +225,13 @@ def main() -> None:
         source = Path(args.draft).resolve()
     precisions = (args.precisions or ("int8" if args.quick else "int8,fp32")).split(",")
     items = prompts(args.quick, args.prompts)
-    results = [run_precision(p, source, items, args.max_new_tokens, args.repetition_penalty, args.cache)
-               for p in precisions]
+    results = [run_precision(p, source, items, args.max_new_tokens, args.repetition_penalty, args.cache,
+                             args.head_size) for p in precisions]
     text = table(results)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "draft_source": str(source), "max_new_tokens": args.max_new_tokens,
+        "draft_source": str(source), "head_size": args.head_size, "max_new_tokens": args.max_new_tokens,
         "repetition_penalty": args.repetition_penalty, "prompts": [q for q, _ in items],
         "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "seconds": round(time.perf_counter() - start, 1), "results": results, "markdown": text}, indent=1) + "\n")

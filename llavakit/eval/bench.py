@@ -60,6 +60,9 @@ LEVERS: dict[str, dict] = {
     "kv-f32": {"properties": {"KV_CACHE_PRECISION": "f32"}},
     "dynq-off": {"properties": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}},
     "dynq-128": {"properties": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128}},
+    # the CPU plugin's own default on AMX / AVX512-BF16 CPUs, which the engine overrides with f32 for the LM
+    # (runtime/ov_backend.lm_cpu_defaults): this row shows what that choice gains in decode and costs in prefill
+    "bf16": {"properties": {"INFERENCE_PRECISION_HINT": "bf16"}},
     "int4-r1-g64": {"export": {"weights": "int4", "ratio": 1.0, "group_size": 64}},
     "int4-r1-g128": {"export": {"weights": "int4", "ratio": 1.0, "group_size": 128}},
     "int4-all-layers": {"export": {"weights": "int4", "ratio": 1.0, "group_size": 128, "all_layers": True}},

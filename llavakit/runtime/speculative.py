@@ -85,7 +85,14 @@ import openvino as ov
 from llavakit.errors import ContextOverflowError, LlavakitError, ModelLoadError
 from llavakit.export import layout
 from llavakit.runtime.generate import Generation, peak_rss_mb
-from llavakit.runtime.ov_backend import PRECISE, OpenVINOBackend, OwnRequest, keep_kv_positions, pick_ov_device
+from llavakit.runtime.ov_backend import (
+    PRECISE,
+    OpenVINOBackend,
+    OwnRequest,
+    keep_kv_positions,
+    lm_cpu_defaults,
+    pick_ov_device,
+)
 from llavakit.runtime.sampling import apply_repetition_penalty, filter_top_k_top_p
 from llavakit.runtime.text_stream import TextStream
 from llavakit.runtime.types import GenerationConfig, GenerationResult, Metrics
@@ -175,7 +182,8 @@ class DraftModel:
         core = ov.Core()
         props = {**(PRECISE if precise else {}), **(properties or {})}
         device = pick_ov_device(core, device)
-        self._lm = core.compile_model(self.dir / layout.LANGUAGE_MODEL, device, props).create_infer_request()
+        lm_props = {**lm_cpu_defaults(core, device), **props}  # like the target's LM (ov_backend)
+        self._lm = core.compile_model(self.dir / layout.LANGUAGE_MODEL, device, lm_props).create_infer_request()
         self._text = core.compile_model(self.dir / layout.TEXT_EMBEDDINGS, device, props)
         config = json.loads((self.dir / layout.CONFIG).read_text())
         self.vocab_size = int(config["vocab_size"])
@@ -342,8 +350,8 @@ class SpeculativeDecoder:
         self.target = target
         self.k = num_draft_tokens
         self.adaptive = adaptive
-        enable_verification(target, Path(model_dir),
-                            {**VERIFY_KV, **(PRECISE if precise else {}), **(properties or {})})
+        enable_verification(target, Path(model_dir), {**target.lm_properties, **VERIFY_KV,
+                                                      **(PRECISE if precise else {}), **(properties or {})})
         logits_shape = target._lm.get_compiled_model().output("logits").get_partial_shape()  # (B, T, V)
         self.target_vocab = logits_shape[-1].get_length()
         self.last_stats = SpeculativeStats()

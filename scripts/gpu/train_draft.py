@@ -355,7 +355,8 @@ def main() -> None:
         log(f"draft {size}: {params / 1e6:.1f} M parameters")
 
         def save(m, target=target) -> None:
-            half = {k: v.half() for k, v in m.state_dict().items()}  # fp16 on disk; training goes on in fp32
+            half = {k: v.half() for k, v in m.state_dict().items()  # fp16 on disk; training goes on in fp32
+                    if not (k == "lm_head.weight" and m.config.tie_word_embeddings)}  # tied: stored once
             m.save_pretrained(target, state_dict=half)
             processor.tokenizer.save_pretrained(target)
             (target / "draft_head.json").write_text(json.dumps({"head_ids": frequent}))

@@ -98,6 +98,8 @@ def export(
     awq: Annotated[Optional[bool], typer.Option(help="Activation-aware INT4 (uses calibration data).")] = None,
     scale_estimation: Annotated[Optional[bool], typer.Option(help="Scale estimation (uses calibration data).")
                                 ] = None,
+    gptq: Annotated[Optional[bool], typer.Option(help="GPTQ error feedback for INT4 (uses calibration data; slow).")
+                    ] = None,
     vision: Annotated[Optional[str], typer.Option(
         help="Vision encoder: int8 (PTQ; the default), int8_weights (the default with --lora-slots), fp16 or fp32.")
     ] = None,
@@ -136,7 +138,7 @@ def export(
     if lora_slots and vision is None:
         vision = "int8_weights"  # PTQ would quantize the projector's LoRA inputs
     given = {"lm_mode": lm_mode, "group_size": group_size, "ratio": ratio, "all_layers": all_layers, "awq": awq,
-             "scale_estimation": scale_estimation, "vision": vision, "text_embeddings": text_embeddings,
+             "scale_estimation": scale_estimation, "gptq": gptq, "vision": vision, "text_embeddings": text_embeddings,
              "calibration_size": calibration_size}
     recipe, declared = export_recipe(resolve_source(model, "model"), weights, given)
     if declared:  # budget declares its INT4 recipe (AWQ, group 32): say so, flags still win

@@ -313,6 +313,15 @@ def test_data_aware_calibration_across_decode_steps(lm_fp32):
         compress_language_model(lm_fp32.clone(), CompressionOptions(awq=True), bad)
 
 
+def test_gptq_reaches_nncf(lm_fp32, lm_int4):
+    dataset = [prefill_inputs(RNG.standard_normal((1, 8 + i, HIDDEN)).astype(np.float32)) for i in range(4)]
+    model = compress_language_model(lm_fp32.clone(), CompressionOptions(gptq=True), dataset)
+    assert weight_bytes(model).keys() == {"i4", "u8"}
+    data_free, gptq, reference = (_run_lm(m, PROBES[0], split=8) for m in (lm_int4, model, lm_fp32))
+    assert not np.allclose(data_free, gptq)  # the error feedback changed the weights
+    assert _cosine(reference, gptq) > 0.98
+
+
 def test_dataset_items_are_checked(lm_fp32):
     item = prefill_inputs(np.zeros((1, 4, HIDDEN), np.float32))
     del item["beam_idx"]
@@ -393,6 +402,7 @@ def test_describe_a_saved_fp16_model(embeddings_fp32, tmp_path):
     ({"group_size_fallback": "shrug"}, "group_size_fallback"),
     ({"weights": "int8", "awq": True}, "awq"),
     ({"weights": "fp16", "scale_estimation": True}, "scale_estimation"),
+    ({"weights": "int8", "gptq": True}, "gptq"),
 ])
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(CompressionError, match=match) as info:
@@ -400,7 +410,7 @@ def test_bad_options_are_refused(kwargs, match):
     assert isinstance(info.value, LlavakitError)
 
 
-@pytest.mark.parametrize("method", ["awq", "scale_estimation"])
+@pytest.mark.parametrize("method", ["awq", "scale_estimation", "gptq"])
 def test_data_aware_without_dataset_says_pass_calibration(lm_fp32, method):
     with pytest.raises(CompressionError, match=f"{method} need calibration data.*--calibration"):
         compress_language_model(lm_fp32, CompressionOptions(**{method: True}))

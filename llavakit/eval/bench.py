@@ -67,6 +67,10 @@ LEVERS: dict[str, dict] = {
     "int4-r1-g128": {"export": {"weights": "int4", "ratio": 1.0, "group_size": 128}},
     "int4-all-layers": {"export": {"weights": "int4", "ratio": 1.0, "group_size": 128, "all_layers": True}},
     "int8": {"export": {"weights": "int8"}},
+    # the INT4 recipe that agreed best with fp32 on SmolLM2 (benchmarks/README.md): asymmetric, group 32,
+    # AWQ + scale estimation on the exporter's default calibration; its agreement is scored beside Q4_K_M's
+    "int4-asym-g32-awq": {"export": {"weights": "int4", "lm_mode": "int4_asym", "group_size": 32, "awq": True,
+                                     "scale_estimation": True}},
 }
 LLAMACPP_QUANTS = ("Q4_K_M", "Q4_0")
 #: The GGUF type the llama.cpp LM backend races with (``llavakit-llamacpp``), and the types scored for agreement.
@@ -222,8 +226,10 @@ def run_bench(
                 runner.task(f"lever:{lever}", "llavakit_lm", {**lm_common, "export_dir": lever_dir,
                                                               "properties": LEVERS[lever].get("properties", {})},
                             round_=r)
-    if with_backend and not quick:  # top-1 agreement needs a real LM: the demo's SmolLM2
-        runner.task("agreement", "agreement", {"work_dir": str(root.parent), "qtypes": list(AGREEMENT_GGUFS)},
+    export_levers = {lever: LEVERS[lever]["export"] for lever in levers if "export" in LEVERS[lever]}
+    if (with_backend or export_levers) and not quick:  # top-1 agreement needs a real LM: the demo's SmolLM2
+        runner.task("agreement", "agreement", {"work_dir": str(root.parent), "levers": export_levers,
+                                               "qtypes": list(AGREEMENT_GGUFS) if with_backend else []},
                     measured=False)
     return _finish(report, runner, out, started, console)
 

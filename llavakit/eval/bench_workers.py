@@ -608,6 +608,8 @@ def task_agreement(spec: dict) -> dict:
 
     One export carries both quantized LMs: the OpenVINO INT4 IR (llavakit's default compression)
     and llama.cpp GGUFs made from the same checkpoint, so the two backends are scored on equal terms.
+    Export levers (``spec["levers"]``: CompressionOptions fields) are exported from the same checkpoint and
+    scored too, so a lever's decode speed on bench-1b can be read beside what it costs in agreement.
     """
     from llavakit import Pipeline
     from llavakit.checkpoints.demo import ensure_demo_model
@@ -622,7 +624,7 @@ def task_agreement(spec: dict) -> dict:
     qtypes = [q.lower() for q in spec["qtypes"]]
     if not layout.is_exported(out) or not all((out / gguf_name(q)).is_file() for q in qtypes):
         export_openvino(demo, out, CompressionOptions(weights="int4"), force=True, show_progress=False,
-                        lm_gguf=qtypes[0])
+                        lm_gguf=qtypes[0] if qtypes else None)
         if len(qtypes) > 1:  # the other GGUF types from the same checkpoint
             from transformers import AutoModelForImageTextToText, AutoTokenizer
 
@@ -637,6 +639,12 @@ def task_agreement(spec: dict) -> dict:
     del reference
     scores = {"openvino INT4 (llavakit default export)": teacher_forced_agreement(
         Pipeline(out, backend="openvino").backend, refs)}
+    for lever, options in spec.get("levers", {}).items():
+        lever_out = Path(spec["work_dir"]) / f"agreement-export-{lever}"
+        if not layout.is_exported(lever_out):
+            export_openvino(demo, lever_out, CompressionOptions(**options), force=True, show_progress=False)
+        scores[f"openvino lever {lever}"] = teacher_forced_agreement(Pipeline(lever_out, backend="openvino").backend,
+                                                                     refs)
     for q in qtypes:
         pipe = Pipeline(out, backend="llamacpp", gguf=q)
         scores[f"llama.cpp {q.upper()}"] = teacher_forced_agreement(pipe.backend, refs)

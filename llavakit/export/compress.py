@@ -18,7 +18,7 @@ each kept for a reason:
   ``group_size_fallback="adjust"`` lets NNCF use the largest power of two that
   divides them (at least 32), else that layer goes to INT8; NNCF's own default
   would be an error.
-- **Data-aware LM methods** (``awq``, ``scale_estimation``) are off by default
+- **Data-aware LM methods** (``awq``, ``scale_estimation``, ``gptq``) are off by default
   and need a dataset of LM inputs; without one we refuse and say to pass
   ``--calibration``. A dataset alone (neither method on) still helps: NNCF then
   ranks layers for the 4/8-bit split by activation variance instead of weight
@@ -80,6 +80,8 @@ VISION = ("int8", "int8_weights", "fp16", "fp32")
 TEXT_EMBEDDINGS = ("int8", "fp16", "fp32")
 GROUP_SIZE_FALLBACKS = ("adjust", "ignore", "error")
 PARTS = ("language", "vision", "text_embeddings")
+#: The data-aware 4-bit methods: CompressionOptions fields named as ``nncf.compress_weights`` arguments.
+DATA_AWARE = ("awq", "scale_estimation", "gptq")
 
 #: Dataset key NNCF's OpenVINO engine reads to decide whether to reset the model state before an item.
 RESET_STATE_KEY = "nncf_reset_state"
@@ -101,7 +103,9 @@ class CompressionOptions:
     ratio: share of the weights of the ratio-defining layers (every MatMul but the LM head) in 4 bit,
         the rest INT8; NNCF assigns whole layers, so small models land near it.
     all_layers: also put the LM head (and embeddings) in 4 bit.
-    awq / scale_estimation: data-aware 4-bit corrections; need a dataset of LM inputs.
+    awq / scale_estimation / gptq: data-aware 4-bit corrections; need a dataset of LM inputs. GPTQ
+        (layer-wise error feedback, NNCF's ``gptq=True``) is the slowest; on SmolLM2-135M it agreed with fp32
+        less than AWQ + scale estimation did (``benchmarks/quantization.md``).
     group_size_fallback: layers whose input channels are not a multiple of ``group_size``:
         "adjust" (largest power-of-two group >= 32 that divides them, else INT8),
         "ignore" (leave them in float), "error" (NNCF's default: refuse).
@@ -120,6 +124,7 @@ class CompressionOptions:
     all_layers: bool = False
     awq: bool = False
     scale_estimation: bool = False
+    gptq: bool = False
     group_size_fallback: str = "adjust"
     vision: str = "int8"
     text_embeddings: str = "int8"
@@ -148,7 +153,7 @@ class CompressionOptions:
         if isinstance(self.calibration_size, bool) or not isinstance(self.calibration_size, int) or \
                 self.calibration_size < 1:
             raise CompressionError(f"calibration_size={self.calibration_size!r} must be a positive integer")
-        data_aware = [name for name in ("awq", "scale_estimation") if getattr(self, name)]
+        data_aware = [name for name in DATA_AWARE if getattr(self, name)]
         if data_aware and self.weights != "int4":
             raise CompressionError(f"{' and '.join(data_aware)} tune 4-bit weights, but weights={self.weights!r}; "
                                    "use weights='int4' or turn them off")
@@ -156,7 +161,7 @@ class CompressionOptions:
     @property
     def data_aware(self) -> bool:
         """Whether the language model's compression needs a calibration dataset."""
-        return self.awq or self.scale_estimation
+        return any(getattr(self, name) for name in DATA_AWARE)
 
 
 def save_as_fp16(opts: CompressionOptions, part: str) -> bool:
@@ -200,7 +205,7 @@ def compress_language_model(
 
     opts.validate()
     if opts.data_aware and not dataset:
-        methods = " and ".join(name for name in ("awq", "scale_estimation") if getattr(opts, name))
+        methods = " and ".join(name for name in DATA_AWARE if getattr(opts, name))
         raise CompressionError(f"{methods} need calibration data for the language model: pass --calibration "
                                "(a folder of images or a LLaVA JSON dataset), or turn them off")
     if opts.weights in ("fp32", "fp16"):
@@ -212,7 +217,7 @@ def compress_language_model(
     if dataset:
         items = _check_lm_dataset(model, dataset)
         kwargs = {"dataset": nncf.Dataset(items), "subset_size": min(opts.calibration_size, len(items)),
-                  "awq": opts.awq, "scale_estimation": opts.scale_estimation}
+                  **{name: getattr(opts, name) for name in DATA_AWARE}}
     fallback = nncf.quantization.advanced_parameters.GroupSizeFallbackMode(opts.group_size_fallback)
     mode = nncf.CompressWeightsMode.INT4_SYM if opts.lm_mode == "int4_sym" else nncf.CompressWeightsMode.INT4_ASYM
     return _nncf(lambda: nncf.compress_weights(

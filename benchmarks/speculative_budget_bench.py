@@ -41,7 +41,7 @@ from llavakit.checkpoints.demo import EXAMPLE_IMAGE, cache_dir
 from llavakit.eval.accuracy import open_variant
 from llavakit.export.cache import export_key
 from llavakit.export.draft import export_draft_lm
-from llavakit.runtime.speculative import VERIFY_KV, DraftModel
+from llavakit.runtime.speculative import VERIFY_PROPERTIES, DraftModel
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_QUESTIONS = ["What is in this image?", "What colors are the shapes?", "How many shapes are there?",
@@ -134,8 +134,8 @@ def run_precision(precision: str, draft_source: Path, items: list, max_new_token
                   drafts_root: Path, head_size: int | None = None) -> dict:
     exported = open_variant(ensure_budget_model(), "openvino", precision).model_dir
     draft_dir = draft_export(draft_source, precision, drafts_root, head_size)
-    # plain greedy at the KV precision the speculative target uses (speculative.VERIFY_KV): the same numbers
-    plain = Pipeline(exported, properties=dict(VERIFY_KV))
+    # plain greedy at the settings the speculative target uses (speculative.VERIFY_PROPERTIES): the same numbers
+    plain = Pipeline(exported, properties=dict(VERIFY_PROPERTIES))
     spec = Pipeline(exported, draft=draft_dir)
     settings = {"max_new_tokens": max_new_tokens, "repetition_penalty": penalty}
     for question, images in items[:1]:  # warm-up: first compile/alloc costs out of the timed runs

@@ -63,9 +63,12 @@ def load_image(
 
 
 def load_images(
-    sources: Iterable[ImageSource], *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    sources: Iterable[ImageSource] | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> list[Image.Image]:
-    """Load several images; an error message says which one (by position) failed."""
+    """Load several images; an error message says which one (by position) failed. ``None`` means none
+    (``generate(prompt, images=None)`` is how many callers say "no image")."""
+    if sources is None:
+        return []
     if isinstance(sources, (str, bytes, bytearray, os.PathLike, Image.Image)):
         # Iterating a path would "load" one file per character: refuse instead.
         raise ImageError("load_images expects a list of images; use load_image for a single one")

@@ -272,3 +272,23 @@ def test_serve_with_a_draft(tiny_export, draft_other, plain, red_image) -> None:
         assert "speculative decoding" in " ".join(server.output().split())  # rich wraps the line
     finally:
         server.stop()
+
+
+def test_default_numerics_verify_without_dynamic_quantization(tiny_export: Path, draft_other: Path,
+                                                              red_image) -> None:
+    """Without ``precise``, the verifying target still compiles with VERIFY_PROPERTIES (f32 KV cache, no dynamic
+    INT8 activations: the settings under which a k+1-row pass equals one-row steps), a user's properties win,
+    and greedy output equals plain greedy at the same settings."""
+    from llavakit.runtime.speculative import VERIFY_PROPERTIES
+
+    spec = Pipeline(tiny_export, draft=draft_other, num_draft_tokens=3)
+    compiled = spec.backend._lm.get_compiled_model()
+    assert int(compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 0
+    assert str(compiled.get_property("KV_CACHE_PRECISION")) in ("<Type: 'float32'>", "f32")
+    plain = Pipeline(tiny_export, properties=dict(VERIFY_PROPERTIES))
+    for question, images in (("Describe a sunny day.", None), ("What is in the image?", [red_image])):
+        a = plain.generate(question, images, max_new_tokens=24, ignore_eos=True)
+        b = spec.generate(question, images, max_new_tokens=24, ignore_eos=True)
+        assert b.token_ids == a.token_ids
+    mine = Pipeline(tiny_export, draft=draft_other, properties={"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32})
+    assert int(mine.backend._lm.get_compiled_model().get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")) == 32

@@ -28,6 +28,9 @@ def shapes(
     heldout_share: Annotated[float, typer.Option(help="Share of test scenes with a held-out pair.")] = 0.6,
     text_captions: Annotated[int, typer.Option(help="Text-only caption samples naming every colour with every "
                                                "shape (text_captions.json; no image, so no held-out scene).")] = 0,
+    family_weight: Annotated[list[str] | None, typer.Option(
+        help="FAMILY=W: how often a family leads a train sample, relative to the others (default colour 1, "
+             "shape 1, count 1.2, spatial 1.4, exists 1.2, read 1, caption 0.8); repeatable.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes (output does not depend on it).")] = 1,
     force: Annotated[bool, typer.Option(help="Write into a non-empty output directory.")] = False,
 ) -> None:
@@ -36,6 +39,7 @@ def shapes(
 
     cfg = ShapesConfig(train=train, val=val, test=test, seed=seed, image_size=image_size, multi_turn=multi_turn,
                        heldout_share=heldout_share, text_captions=text_captions,
+                       family_weights=_parse_weights(family_weight or []),
                        families=tuple(f.strip() for f in families.split(",") if f.strip()))
     summary = generate_shapes(out_dir, cfg, workers=workers, force=force, progress=True)
     for split, info in summary["splits"].items():
@@ -45,6 +49,22 @@ def shapes(
     out.print(f"wrote {out_dir}/{{train,val,test}}.json (LLaVA) and .jsonl (HF messages), images/ and dataset.json")
     if text_captions:
         out.print(f"wrote {out_dir}/text_captions.json: {text_captions} text-only caption samples")
+
+
+def _parse_weights(items: list[str]) -> tuple[tuple[str, float], ...]:
+    """``["spatial=2.4", ...]`` -> ``(("spatial", 2.4), ...)``; a malformed item is a clear error."""
+    from llavakit.errors import LlavakitError
+
+    pairs = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            pairs.append((name.strip(), float(value)))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise LlavakitError(f"--family-weight expects FAMILY=NUMBER (e.g. spatial=2.4), got {item!r}")
+    return tuple(pairs)
 
 
 @data_app.command()

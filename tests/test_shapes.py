@@ -165,3 +165,33 @@ def test_some_train_samples_have_a_system_prompt(shapes_dir: Path) -> None:
     (sample,) = [s for s in read_dataset(shapes_dir / "train.jsonl") if s.id == with_system[0]["id"]]
     assert sample.messages[0] == {"role": "system", "content": [{"type": "text",
                                                                   "text": with_system[0]["conversations"][0]["value"]}]}
+
+
+def test_family_weights_shift_the_train_mix_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    from collections import Counter
+
+    from llavakit.data.shapes import ShapesConfig, generate_shapes
+    from llavakit.errors import LlavakitError
+
+    base = ShapesConfig(train=300, val=0, test=0, image_size=32, multi_turn=0.0, seed=3)
+    heavy = ShapesConfig(**{**base.__dict__, "family_weights": (("spatial", 6.0),)})
+    counts = {}
+    for name, cfg in (("base", base), ("heavy", heavy)):
+        generate_shapes(tmp_path / name, cfg)
+        counts[name] = Counter(r["family"] for r in json.loads((tmp_path / name / "train.json").read_text()))
+    assert counts["heavy"]["spatial"] > 2 * counts["base"]["spatial"]  # 6 vs 1.4 of 8.0 vs 12.6 in all
+    for weights, word in (((("colour", 2.0),), "colour"), ((("spatial", 0.0),), "> 0")):
+        try:
+            generate_shapes(tmp_path / "bad", ShapesConfig(train=2, val=0, test=0, family_weights=weights), force=True)
+        except LlavakitError as err:
+            assert word in str(err)
+        else:
+            raise AssertionError("a bad family weight was accepted")
+    runner = CliRunner()
+    bad = runner.invoke(app, ["data", "shapes", "--out", str(tmp_path / "c"), "--train", "2", "--val", "0",
+                              "--test", "0", "--family-weight", "spatial:2"])
+    assert bad.exit_code == 2 and "FAMILY=NUMBER" in bad.output
+    ok = runner.invoke(app, ["data", "shapes", "--out", str(tmp_path / "c"), "--train", "2", "--val", "0",
+                             "--test", "0", "--image-size", "32", "--family-weight", "spatial=2.4", "--force"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "c" / "dataset.json").read_text())["config"]["family_weights"] == [["spatial", 2.4]]

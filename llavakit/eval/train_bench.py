@@ -116,6 +116,47 @@ def _step_timer():
     return StepTimer()
 
 
+def _profiler(start: int, steps: int, out: Path):
+    """Profile ``steps`` optimizer steps from step ``start``; the kernel table goes to ``out``.
+
+    Why: MFU says how much is lost, not where; the per-kernel CUDA time of a few steady-state
+    steps (matmuls vs elementwise vs optimizer vs idle) decides which lever to try next.
+    """
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):
+        def __init__(self) -> None:
+            self.prof: Any = None
+
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            if state.global_step == start and self.prof is None:
+                acts = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    acts.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=acts)
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if self.prof is not None and state.global_step == start + steps:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.prof.__exit__(None, None, None)
+                events = self.prof.key_averages()
+                table = ""
+                for key in (("self_device_time_total", "self_cuda_time_total") if torch.cuda.is_available()
+                            else ("self_cpu_time_total",)):
+                    try:  # the key's name changed across torch versions
+                        table = events.table(sort_by=key, row_limit=45, max_name_column_width=70)
+                        break
+                    except (AttributeError, KeyError, ValueError):
+                        continue
+                out.write_text(table)
+                print(table)
+                self.prof = False  # done; never again this run
+
+    return Profile()
+
+
 def model_flops_per_sample(model: torch.nn.Module, seq: int, n_img: int) -> float:
     """6*N*T for LM + projector (trained), 2*N_v*T_img for the frozen tower, plus attention scores."""
     lm = model.model.language_model
@@ -176,6 +217,7 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
                                   disable_tqdm=True, use_cpu=not cuda)
         trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=pad_collate, callbacks=[timer])
     else:
+        extra: list[Any] = []
         recipe = Recipe(stage="instruct", train_lm=True, learning_rate=2e-5, max_steps=args.steps,
                         batch_size=args.batch, logging_steps=1, save_steps=10 ** 6, warmup_ratio=0.03,
                         bf16=cuda, torch_compile=cuda and not args.no_compile, attn_implementation="sdpa",
@@ -187,10 +229,14 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
         targs.save_strategy = "no"
         if args.optim:  # experiment: a lever not (yet) in the recipe, e.g. adamw_torch_fused
             targs.optim = args.optim
+        if args.profile:
+            extra.append(_profiler(args.warmup, args.profile, out / "profile.txt"))
+        if args.compile_mode:  # experiment: torch.compile mode (max-autotune-no-cudagraphs, ...)
+            targs.torch_compile_mode = args.compile_mode
         if args.liger:  # experiment: Liger's Triton kernels (fused linear+CE, RMSNorm, SwiGLU, RoPE)
             targs.use_liger_kernel = True
         trainer = LlavakitTrainer(model=model, args=targs, train_dataset=data, data_collator=pad_collate,
-                                  callbacks=[timer])
+                                  callbacks=[timer, *extra])
     trainer.train()
     times = timer.times[args.warmup:] or timer.times
     step_s = sum(times) / len(times)
@@ -219,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--optim", default=None, help="experiment: override llavakit's optimizer (adamw_torch_fused)")
+    ap.add_argument("--profile", type=int, default=0, help="profile N llavakit steps after warm-up (profile.txt)")
+    ap.add_argument("--compile-mode", default=None, help="experiment: torch.compile mode for the llavakit side")
     ap.add_argument("--liger", action="store_true", help="experiment: llavakit side with Liger kernels")
     ap.add_argument("--only", choices=("baseline", "llavakit"), default=None, help="run one trainer (scaling runs)")
     ap.add_argument("--model", default=None, help="an already built model dir (required with several processes)")

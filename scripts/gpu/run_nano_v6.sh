@@ -7,9 +7,18 @@
 #   PHASE=train bash scripts/gpu/run_nano_v6.sh          # optional, for STEPS beyond one call: nano, cut by
 #                                                        # TRAIN_TIMEOUT (checkpoints every 500 steps)
 #   PHASE=finish bash scripts/gpu/run_nano_v6.sh         # (resume and) train to STEPS, GPU eval, parts to $OUT
+# nano v7 = the same with DATA_ARGS="--family-weight spatial=3 ..." (the QA mix) and THEN_TRAIN=SECONDS (start
+# nano's training in the tower call, so a longer run fits two calls).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false
 W=/root/h7; mkdir -p $W; OUT=${OUT:-/tmp/out}; STEPS=${STEPS:-7000}
+train_nano() {  # $1: seconds; resumes from the last checkpoint (every 500 steps) when there is one
+  RESUME=""; [ -d $W/work/nano/model/checkpoints ] && RESUME=--resume
+  timeout $1 python3 scripts/gpu/train_defaults.py nano --data $W/data --work $W/work \
+    --steps $STEPS --batch 128 --lr ${LR:-1e-3} --workers 15 --seed 0 --vision $W/vision --freeze-vision $RESUME \
+    2>&1 | grep -v "it/s\]\|Warning\|warn(" | tail -4
+  ls -d $W/work/nano/model/checkpoints/checkpoint-* 2>/dev/null | tail -1
+}
 case ${PHASE:-tower} in
 tower)
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
@@ -19,18 +28,15 @@ tower)
   until grep -q "rendered" $W/vision_log.txt 2>/dev/null || ! kill -0 $VPID 2>/dev/null; do sleep 2; done
   echo "[$(date +%T)] tower scenes rendered (${SECONDS}s); QA data next, while the tower trains"
   python3 -m llavakit.cli data shapes --out $W/data --train ${NTRAIN:-160000} --val 200 --test 1000 --seed 0 \
-    --workers 14 --force > /dev/null && echo "[$(date +%T)] QA data done (${SECONDS}s)"
+    --workers 14 --force ${DATA_ARGS:-} > /dev/null && echo "[$(date +%T)] QA data done (${SECONDS}s)"
   wait $VPID; grep -v "it/s\]\|Warning\|warn(" $W/vision_log.txt | grep -v '^{' | tail -4
   grep '^{' $W/vision_log.txt | awk 'NR % 20 == 0' | tail -8
   [ -f $W/vision/config.json ] || exit 5
-  cp $W/vision_log.txt $W/vision/ ;;
+  cp $W/vision_log.txt $W/vision/
+  [ -n "${THEN_TRAIN:-}" ] && train_nano $THEN_TRAIN ;;
 train|finish)
   [ -f $W/vision/config.json ] && [ -f $W/data/train.json ] || { echo "run PHASE=tower first on this machine"; exit 3; }
-  RESUME=""; [ -d $W/work/nano/model/checkpoints ] && RESUME=--resume
-  timeout ${TRAIN_TIMEOUT:-540} python3 scripts/gpu/train_defaults.py nano --data $W/data --work $W/work \
-    --steps $STEPS --batch 128 --lr ${LR:-1e-3} --workers 15 --seed 0 --vision $W/vision --freeze-vision $RESUME \
-    2>&1 | grep -v "it/s\]\|Warning\|warn(" | tail -4
-  ls -d $W/work/nano/model/checkpoints/checkpoint-* 2>/dev/null | tail -1
+  train_nano ${TRAIN_TIMEOUT:-540}
   if [ $PHASE = finish ]; then
     M=$W/work/nano/model
     bash scripts/gpu/take_last_checkpoint.sh $M $W/work/nano/base  # cut by the timeout?

@@ -80,6 +80,23 @@ class ShapesConfig:
     families: tuple[str, ...] = FAMILIES  # e.g. ("caption",) for an align-stage set
     system_prompts: float = 0.1  # share of train samples with a system message
     text_captions: int = 0  # text-only caption samples (text_captions.py), written to text_captions.json
+    family_weights: tuple[tuple[str, float], ...] = ()  # train/val overrides of _TRAIN_WEIGHTS, e.g. (("spatial", 2.4),)
+
+    def train_weights(self) -> dict[str, float]:
+        """Relative frequency of each family as a sample's first question (train and val; test is uniform).
+
+        Why a knob: a small model's weak family (nano's relational yes/no questions) is fixed
+        by showing it more often; the default mix stays what the committed models were trained on.
+        """
+        weights = dict(_TRAIN_WEIGHTS)
+        for family, weight in self.family_weights:
+            if family not in weights:
+                raise LlavakitError(f"unknown question family {family!r} in the family weights; "
+                                    f"known: {', '.join(FAMILIES)}")
+            if not weight > 0:
+                raise LlavakitError(f"the weight of {family!r} must be > 0, got {weight}")
+            weights[family] = float(weight)
+        return weights
 
 
 def allowed_pairs(split: str) -> list[tuple[str, str]]:
@@ -92,7 +109,8 @@ def make_sample(split: str, index: int, cfg: ShapesConfig) -> tuple[Scene, dict]
     rng = random.Random(f"shapes/{cfg.seed}/{split}/{index}")
     pairs = allowed_pairs(split)
     families = list(cfg.families)
-    weights = [_TRAIN_WEIGHTS[f] for f in families] if split != "test" else [1.0] * len(families)
+    table = cfg.train_weights()
+    weights = [table[f] for f in families] if split != "test" else [1.0] * len(families)
     for _attempt in range(20):
         family = rng.choices(families, weights=weights)[0]
         must = None
@@ -190,6 +208,7 @@ def generate_shapes(out: Path | str, cfg: ShapesConfig, *, workers: int = 1, for
         raise LlavakitError(f"--text-captions must be >= 0, got {cfg.text_captions}")
     if not 32 <= cfg.image_size <= 1024:
         raise LlavakitError(f"--image-size must be between 32 and 1024 pixels, got {cfg.image_size}")
+    cfg.train_weights()  # a bad --family-weight fails here, before any image is written
     (out / "images").mkdir(parents=True, exist_ok=True)
     summary: dict = {"generator": SHAPES_GENERATOR, "version": 1, "config": {**cfg.__dict__,
                                                                           "families": list(cfg.families)},

@@ -151,3 +151,29 @@ def test_checkpoint_commit_rotation_and_choice(tmp_path: Path):
     assert checkpoints.remove_uncommitted(tmp_path) == [tmp_path / "checkpoint-8"]
     assert checkpoints.last_committed(tmp_path) == tmp_path / "checkpoint-6"
     assert json.loads((tmp_path / "checkpoint-6" / COMMIT_FILE).read_text())["step"] == 6
+
+
+def test_resume_loads_tied_embeddings_and_still_refuses_a_missing_weight(parts, tmp_path: Path):
+    """A tied LM (embedding = LM head, as nano and SmolLM2) resumes; a weight truly absent is refused."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageTextToText
+
+    from llavakit.checkpoints.build import build_llava
+    from llavakit.errors import LlavakitError
+    from llavakit.train.checkpoints import load_model_weights
+
+    built = build_llava(parts("vision", "clip"), parts("lm", "qwen2"), tmp_path / "m")  # qwen2: tied
+    model = AutoModelForImageTextToText.from_pretrained(str(built))
+    model.save_pretrained(tmp_path / "ck")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    load_model_weights(model, tmp_path / "ck")
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    weights = load_file(str(tmp_path / "ck" / "model.safetensors"))
+    dropped = next(k for k in weights if "layers.0" in k and "q_proj.weight" in k)
+    del weights[dropped]
+    save_file(weights, str(tmp_path / "ck" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(LlavakitError, match="missing"):
+        load_model_weights(model, tmp_path / "ck")

@@ -84,7 +84,8 @@ def load_model_weights(model, checkpoint: str | Path) -> None:
     the Trainer's resume loads the file with a plain ``load_state_dict(strict=False)``, which
     then matches nothing and silently resumes from the *initial* weights. We map each saved
     name to the model's own name through transformers' own ``revert_weight_conversion``
-    and refuse to go on if any weight is left unloaded.
+    and refuse to go on if any weight is left unloaded (tied weights count once: nano's embedding
+    is its LM head, and a resume refused it until 2026-12-05).
     """
     import json as _json
 
@@ -106,8 +107,10 @@ def load_model_weights(model, checkpoint: str | Path) -> None:
         for key, tensor in load_file(str(checkpoint / name), device="cpu").items():
             loaded[to_own.get(key, key)] = tensor
     result = model.load_state_dict(loaded, strict=False)
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    missing = [k for k in result.missing_keys if k not in tied and k not in loaded]
+    # Tied weights (embedding = LM head) share one storage: the file holds one name, the storage map may
+    # resolve it to the other, and either way both are loaded. Count a weight loaded by its storage.
+    loaded_storage = {own[k].data_ptr() for k in loaded if k in own}
+    missing = [k for k in result.missing_keys if k not in loaded and own[k].data_ptr() not in loaded_storage]
     if result.unexpected_keys or missing:
         raise LlavakitError(f"checkpoint {checkpoint} does not match the model: unexpected "
                             f"{result.unexpected_keys[:5]}, missing {missing[:5]}")

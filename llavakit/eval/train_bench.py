@@ -88,11 +88,14 @@ def pad_collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     return out
 
 
-def _step_timer():
+def _step_timer(window: int | None = None):
+    """Step timing. ``window=None``: every step synchronised (the 2026-11-22 method). ``window=W``:
+    one synchronisation before step W and one after the last step, so the CPU queues a step while
+    the GPU runs the previous one, as in a real run; the mean step time is the window over its steps."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Wall time per optimizer step and the logged loss of every step."""
+        """Wall time per optimizer step (or per window) and the logged loss of every step."""
 
         def __init__(self) -> None:
             self.times: list[float] = []
@@ -100,20 +103,40 @@ def _step_timer():
             self._t = 0.0
 
         def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            if window is not None and state.global_step != window:
+                return
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self._t = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if window is not None and state.global_step != state.max_steps:
+                return
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self._t)
+            elapsed = time.perf_counter() - self._t
+            steps = 1 if window is None else state.max_steps - window
+            self.times.extend([elapsed / steps] * steps)
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
-            if logs and "loss" in logs:
+            if window is None and logs and "loss" in logs:
                 self.losses.append(float(logs["loss"]))
 
     return StepTimer()
+
+
+def _recording(cls: type) -> type:
+    """``cls`` (a Trainer) keeping each step's loss on the device: per-step losses without a sync a step."""
+
+    class Recording(cls):
+        step_losses: list[torch.Tensor]
+
+        def training_step(self, *a: Any, **k: Any) -> torch.Tensor:
+            loss = super().training_step(*a, **k)
+            self.__dict__.setdefault("step_losses", []).append(loss.detach())
+            return loss
+
+    return Recording
 
 
 def _profiler(start: int, steps: int, out: Path):
@@ -150,7 +173,8 @@ def _profiler(start: int, steps: int, out: Path):
                         break
                     except (AttributeError, KeyError, ValueError):
                         continue
-                out.write_text(table)
+                cpu = events.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=70)
+                out.write_text(f"{table}\n\nby CPU time:\n{cpu}")
                 print(table)
                 self.prof = False  # done; never again this run
 
@@ -205,21 +229,23 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
 
     cuda = torch.cuda.is_available()
     set_seed(0)
-    timer = _step_timer()
+    window = args.warmup if args.timing == "window" else None
+    timer = _step_timer(window)
+    log_every = args.steps if window is not None else 1  # window: losses come from _recording, not the log
     if kind == "baseline":
         model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32)
         for p in model.model.vision_tower.parameters():  # the seed freezes the tower too
             p.requires_grad_(False)
         targs = TrainingArguments(output_dir=str(out / "baseline"), per_device_train_batch_size=args.batch,
                                   learning_rate=2e-5, max_steps=args.steps, lr_scheduler_type="cosine",
-                                  warmup_steps=0.03, logging_steps=1, bf16=cuda, remove_unused_columns=False,
+                                  warmup_steps=0.03, logging_steps=log_every, bf16=cuda, remove_unused_columns=False,
                                   optim="adamw_torch", report_to="none", save_strategy="no", seed=0,
                                   disable_tqdm=True, use_cpu=not cuda)
-        trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=pad_collate, callbacks=[timer])
+        trainer = _recording(Trainer)(model=model, args=targs, train_dataset=data, data_collator=pad_collate, callbacks=[timer])
     else:
         extra: list[Any] = []
         recipe = Recipe(stage="instruct", train_lm=True, learning_rate=2e-5, max_steps=args.steps,
-                        batch_size=args.batch, logging_steps=1, save_steps=10 ** 6, warmup_ratio=0.03,
+                        batch_size=args.batch, logging_steps=log_every, save_steps=10 ** 6, warmup_ratio=0.03,
                         bf16=cuda, torch_compile=cuda and not args.no_compile, attn_implementation="sdpa",
                         dataloader_workers=4 if cuda else 0, max_length=args.seq).validate()
         _, model = load_model(model_dir, recipe)
@@ -235,9 +261,11 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
             targs.torch_compile_mode = args.compile_mode
         if args.liger:  # experiment: Liger's Triton kernels (fused linear+CE, RMSNorm, SwiGLU, RoPE)
             targs.use_liger_kernel = True
-        trainer = LlavakitTrainer(model=model, args=targs, train_dataset=data, data_collator=pad_collate,
+        trainer = _recording(LlavakitTrainer)(model=model, args=targs, train_dataset=data, data_collator=pad_collate,
                                   callbacks=[timer, *extra])
     trainer.train()
+    if window is not None:
+        timer.losses = [float(t) for t in trainer.__dict__.get("step_losses", [])]
     times = timer.times[args.warmup:] or timer.times
     step_s = sum(times) / len(times)
     flops = model_flops_per_sample(trainer.model if kind == "baseline" else model, args.seq, args.n_img)
@@ -265,6 +293,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--optim", default=None, help="experiment: override llavakit's optimizer (adamw_torch_fused)")
+    ap.add_argument("--timing", choices=("window", "step"), default="window",
+                    help="window: sync before step WARMUP and after the last (default); step: sync every step")
     ap.add_argument("--profile", type=int, default=0, help="profile N llavakit steps after warm-up (profile.txt)")
     ap.add_argument("--compile-mode", default=None, help="experiment: torch.compile mode for the llavakit side")
     ap.add_argument("--liger", action="store_true", help="experiment: llavakit side with Liger kernels")

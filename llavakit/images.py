@@ -66,12 +66,13 @@ def load_images(
     sources: Iterable[ImageSource] | None, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> list[Image.Image]:
     """Load several images; an error message says which one (by position) failed. ``None`` means none
-    (``generate(prompt, images=None)`` is how many callers say "no image")."""
+    (``generate(prompt, images=None)`` is how many callers say "no image"), and one image given on its own
+    (a path, bytes or a PIL image: ``generate(prompt, "photo.jpg")``) means a list of that one — iterating
+    a path would otherwise "load" one file per character."""
     if sources is None:
         return []
     if isinstance(sources, (str, bytes, bytearray, os.PathLike, Image.Image)):
-        # Iterating a path would "load" one file per character: refuse instead.
-        raise ImageError("load_images expects a list of images; use load_image for a single one")
+        sources = [sources]
     images = []
     for index, source in enumerate(sources):
         try:

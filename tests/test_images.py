@@ -339,8 +339,8 @@ def test_load_images(tmp_path: Path) -> None:
     assert load_images([]) == []
     with pytest.raises(ImageError, match="image #1: image file not found"):
         load_images([good, tmp_path / "missing.png"])
-    with pytest.raises(ImageError, match="list of images"):
-        load_images(str(good))  # type: ignore[arg-type]
+    for single in (str(good), good, good.read_bytes(), Image.new("RGB", (2, 2), RED)):  # one image, not a list
+        assert [(im.mode, im.size) for im in load_images(single)] == [("RGB", (2, 2))]  # type: ignore[arg-type]
 
 
 def test_no_raw_exception_escapes() -> None:

@@ -109,7 +109,7 @@ class Pipeline:
                                                   adaptive=draft_adaptive, device=device, properties=properties,
                                                   precise=precise)
 
-    def generate(self, prompt: str, images: Sequence[ImageLike] = (), system: str | None = None,
+    def generate(self, prompt: str, images: Sequence[ImageLike] | ImageLike = (), system: str | None = None,
                  **settings: Any) -> GenerationResult:
         """Answer one prompt about ``images``; returns text, generated token ids and metrics.
 
@@ -118,7 +118,7 @@ class Pipeline:
         """
         return self.stream(prompt, images, system, **settings).finish()
 
-    def stream(self, prompt: str, images: Sequence[ImageLike] = (), system: str | None = None,
+    def stream(self, prompt: str, images: Sequence[ImageLike] | ImageLike = (), system: str | None = None,
                **settings: Any) -> Generation:
         """Like :meth:`generate`, but iterate the returned object for text pieces as they come."""
         loaded = load_images(images)
@@ -193,11 +193,11 @@ class ChatSession:
         """Attach an image to the next user turn (checked now, so a bad file is reported at once)."""
         self.pending_images.extend(load_images([image]))
 
-    def send(self, text: str, images: Sequence[ImageLike] = (), **settings: Any) -> GenerationResult:
+    def send(self, text: str, images: Sequence[ImageLike] | ImageLike = (), **settings: Any) -> GenerationResult:
         """Ask one question; returns the answer and keeps it in the history."""
         return self.stream(text, images, **settings).finish()
 
-    def stream(self, text: str, images: Sequence[ImageLike] = (), **settings: Any) -> Generation:
+    def stream(self, text: str, images: Sequence[ImageLike] | ImageLike = (), **settings: Any) -> Generation:
         """Ask one question and stream the answer; the turn is recorded once the answer is complete."""
         new_images = self.pending_images + load_images(images)
         turn = {"role": "user", "content": user_content(text, len(new_images))}

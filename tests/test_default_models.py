@@ -60,7 +60,8 @@ def test_nano_int8_answers_heldout_questions(heldout_items: list, tmp_path: Path
     pipe = Pipeline("nano", weights="int8")
     column = score_items(heldout_items, pipeline_predictor(pipe), "int8")
     overall = column.accuracy("overall")
-    assert overall is not None and overall >= 70.0, (overall, column.predictions[:10])
+    # nano v7 scores 90.0 here (93.6 on the full 1000-question test split); 80 leaves room for other CPUs' numerics
+    assert overall is not None and overall >= 80.0, (overall, column.predictions[:10])
     yesno = [p for p in column.predictions if p["answer"] in ("yes", "no")]
     assert all(p["prediction"].strip().lower().rstrip(".") in ("yes", "no") for p in yesno), yesno
 

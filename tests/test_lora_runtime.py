@@ -255,9 +255,12 @@ def _ui_answers_with_the_picked_adapter(server: Server, client: openai.OpenAI) -
         page.get_by_text("Generation settings").click()
         for label, value in (("max new tokens", "6"), ("repetition penalty", "1")):
             box = page.locator(f"input[aria-label='number input for {label}']")
-            box.fill(value)
-            box.press("Enter")
-            page.wait_for_timeout(200)
+            for _attempt in range(5):  # the accordion's inputs may still be mounting: a fill can be reset once
+                box.fill(value)
+                box.press("Enter")
+                page.wait_for_timeout(300)
+                if box.input_value() == value:
+                    break
             assert box.input_value() == value, label
         picker = page.get_by_label("adapter")
         picker.click()

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.numpy import load_file, save_file
-from test_serve_support import Server, data_url, png_bytes
+from test_serve_support import Server, data_url, png_bytes, set_number
 
 from llavakit import Pipeline
 from llavakit.errors import LlavakitError
@@ -254,14 +254,7 @@ def _ui_answers_with_the_picked_adapter(server: Server, client: openai.OpenAI) -
         page.goto(server.url + "/ui/")
         page.get_by_text("Generation settings").click()
         for label, value in (("max new tokens", "6"), ("repetition penalty", "1")):
-            box = page.locator(f"input[aria-label='number input for {label}']")
-            for _attempt in range(5):  # the accordion's inputs may still be mounting: a fill can be reset once
-                box.fill(value)
-                box.press("Enter")
-                page.wait_for_timeout(300)
-                if box.input_value() == value:
-                    break
-            assert box.input_value() == value, label
+            set_number(page, label, value)
         picker = page.get_by_label("adapter")
         picker.click()
         page.get_by_role("option", name="b", exact=True).click()

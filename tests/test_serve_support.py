@@ -78,3 +78,15 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def set_number(page, label: str, value: str) -> None:  # noqa: ANN001 (a playwright Page)
+    """Type ``value`` into the Gradio number box ``label``, again if the accordion reset it while mounting."""
+    box = page.locator(f"input[aria-label='number input for {label}']")
+    for _attempt in range(5):
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(300)
+        if box.input_value() == value:
+            return
+    assert box.input_value() == value, label

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_serve_support import Server, png_bytes
+from test_serve_support import Server, png_bytes, set_number
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -71,9 +71,7 @@ def test_second_turn_and_stop_frees_the_slot(page, server: Server, tmp_path: Pat
     page.get_by_text("Generation settings").click()
     # greedy, no repetition penalty: this tiny random LM then loops for all 2000 tokens
     for label, value in (("max new tokens", "2000"), ("repetition penalty", "1")):
-        box = page.locator(f"input[aria-label='number input for {label}']")
-        box.fill(value)
-        box.press("Enter")
+        set_number(page, label, value)
     before = server.health()["cancelled"]
     page.locator("#message textarea").fill("Now tell me everything about it.")
     page.locator("#message textarea").press("Enter")

@@ -114,9 +114,14 @@ def _step_timer(window: int | None = None):
                 return
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            elapsed = time.perf_counter() - self._t
-            steps = 1 if window is None else state.max_steps - window
-            self.times.extend([elapsed / steps] * steps)
+            self.times.append(time.perf_counter() - self._t)  # window: one entry, the whole window
+
+        def mean_step_s(self, warmup: int, steps: int) -> float:
+            """Mean step time: the window over its steps, or the mean of the steps after ``warmup``."""
+            if window is not None:
+                return self.times[0] / (steps - window)
+            times = self.times[warmup:] or self.times
+            return sum(times) / len(times)
 
         def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001
             if window is None and logs and "loss" in logs:
@@ -266,8 +271,7 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
     trainer.train()
     if window is not None:
         timer.losses = [float(t) for t in trainer.__dict__.get("step_losses", [])]
-    times = timer.times[args.warmup:] or timer.times
-    step_s = sum(times) / len(times)
+    step_s = timer.mean_step_s(args.warmup, args.steps)
     flops = model_flops_per_sample(trainer.model if kind == "baseline" else model, args.seq, args.n_img)
     world = trainer.args.world_size  # samples per step = per-device batch x processes
     result = {"kind": kind, "world_size": world, "distributed": str(trainer.accelerator.distributed_type.value),

@@ -39,6 +39,7 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -88,15 +89,21 @@ class ShapesConfig:
         Why a knob: a small model's weak family (nano's relational yes/no questions) is fixed
         by showing it more often; the default mix stays what the committed models were trained on.
         """
-        weights = dict(_TRAIN_WEIGHTS)
-        for family, weight in self.family_weights:
-            if family not in weights:
-                raise LlavakitError(f"unknown question family {family!r} in the family weights; "
-                                    f"known: {', '.join(FAMILIES)}")
-            if not weight > 0:
-                raise LlavakitError(f"the weight of {family!r} must be > 0, got {weight}")
-            weights[family] = float(weight)
-        return weights
+        return _train_weights(self.family_weights)
+
+
+@lru_cache(maxsize=16)
+def _train_weights(overrides: tuple[tuple[str, float], ...]) -> dict[str, float]:
+    """The default mix with ``overrides`` applied, checked once per distinct override set (not per sample)."""
+    weights = dict(_TRAIN_WEIGHTS)
+    for family, weight in overrides:
+        if family not in weights:
+            raise LlavakitError(f"unknown question family {family!r} in the family weights; "
+                                f"known: {', '.join(FAMILIES)}")
+        if not weight > 0:
+            raise LlavakitError(f"the weight of {family!r} must be > 0, got {weight}")
+        weights[family] = float(weight)
+    return weights
 
 
 def allowed_pairs(split: str) -> list[tuple[str, str]]:

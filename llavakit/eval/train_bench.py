@@ -268,7 +268,11 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
             targs.use_liger_kernel = True
         trainer = _recording(LlavakitTrainer)(model=model, args=targs, train_dataset=data, data_collator=pad_collate,
                                   callbacks=[timer, *extra])
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     trainer.train()
+    breaks = dict(counters["graph_break"])  # reason -> count, over the whole run (warm-up compiles included)
     if window is not None:
         timer.losses = [float(t) for t in trainer.__dict__.get("step_losses", [])]
     step_s = timer.mean_step_s(args.warmup, args.steps)
@@ -278,7 +282,9 @@ def run_one(kind: str, model_dir: Path, data: Any, args: argparse.Namespace, out
               "step_s": step_s, "samples_s": args.batch * world / step_s,
               "tokens_s": args.batch * world * args.seq / step_s,
               "model_flops_s": flops * args.batch * world / step_s,
-              "losses": timer.losses, "max_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
+              "losses": timer.losses, "graph_breaks": sum(breaks.values()), "graph_break_reasons": breaks,
+              "compile_mode": args.compile_mode if kind == "llavakit" else None,
+              "max_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}
     del trainer, model
     if cuda:
         torch.cuda.empty_cache()
@@ -333,7 +339,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (out / "train_bench.json").write_text(json.dumps(report, indent=1))
             r = results[0]
             print(f"{r['kind']} x{r['world_size']} ({r['distributed']}): step {r['step_s'] * 1e3:.1f} ms  "
-                  f"{r['samples_s']:.2f} samples/s  MFU/GPU {100 * r['mfu']:.1f}%  loss {r['losses'][-1:]}")
+                  f"{r['samples_s']:.2f} samples/s  MFU/GPU {100 * r['mfu']:.1f}%  breaks {r['graph_breaks']}  loss {r['losses'][-1:]}")
         return report
     base, kit = results
     n = min(len(base["losses"]), len(kit["losses"]))

@@ -57,6 +57,7 @@ from llavakit.train.callbacks import (
     RichProgressCallback,
     tensorboard_callback,
 )
+from llavakit.train.compile_ready import compile_ready
 from llavakit.train.freeze import FreezeReport, apply_freezing, count_trainable
 from llavakit.train.recipes import (
     Recipe,
@@ -293,6 +294,11 @@ class LlavakitTrainer(Trainer):
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=self._lengths, generator=generator)
         return super()._get_train_sampler(train_dataset)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train`` with the LLaVA forward traceable as one graph (see ``compile_ready``)."""
+        with compile_ready(self.model):
+            return super().train(*args, **kwargs)
 
     _tokens_pending: Any = None  # tokens seen since the last log/save: an int, or a device tensor on a GPU
 

@@ -138,7 +138,7 @@ def _recording(cls: type) -> type:
 
         def training_step(self, *a: Any, **k: Any) -> torch.Tensor:
             loss = super().training_step(*a, **k)
-            self.__dict__.setdefault("step_losses", []).append(loss.detach())
+            self.__dict__.setdefault("step_losses", []).append(loss.detach().clone())  # a copy: CUDA graphs reuse outputs
             return loss
 
     return Recording
@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="window: sync before step WARMUP and after the last (default); step: sync every step")
     ap.add_argument("--profile", type=int, default=0, help="profile N llavakit steps after warm-up (profile.txt)")
     ap.add_argument("--compile-mode", default=None, help="experiment: torch.compile mode for the llavakit side")
+    ap.add_argument("--sdpa-backend", default=None, choices=("flash", "efficient", "cudnn"),
+                    help="experiment: restrict SDPA to one kernel family (torch.backends.cuda)")
     ap.add_argument("--liger", action="store_true", help="experiment: llavakit side with Liger kernels")
     ap.add_argument("--only", choices=("baseline", "llavakit"), default=None, help="run one trainer (scaling runs)")
     ap.add_argument("--model", default=None, help="an already built model dir (required with several processes)")
@@ -316,6 +318,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.seq = min(args.seq, 48)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.sdpa_backend and torch.cuda.is_available():
+        for name in ("flash", "efficient", "cudnn"):
+            {"flash": torch.backends.cuda.enable_flash_sdp, "efficient": torch.backends.cuda.enable_mem_efficient_sdp,
+             "cudnn": torch.backends.cuda.enable_cudnn_sdp}[name](name == args.sdpa_backend)
     model_dir = Path(args.model) if args.model else build_model(out, args.tiny)
     if args.build_only:
         return {"model": str(model_dir)}

@@ -100,6 +100,8 @@ def export(
                                 ] = None,
     gptq: Annotated[Optional[bool], typer.Option(help="GPTQ error feedback for INT4 (uses calibration data; slow).")
                     ] = None,
+    lora_correction: Annotated[Optional[bool], typer.Option(
+        help="NNCF LoRA correction of the INT4 error (uses calibration data; slow; not with --gptq).")] = None,
     vision: Annotated[Optional[str], typer.Option(
         help="Vision encoder: int8 (PTQ; the default), int8_weights (the default with --lora-slots), fp16 or fp32.")
     ] = None,
@@ -138,7 +140,7 @@ def export(
     if lora_slots and vision is None:
         vision = "int8_weights"  # PTQ would quantize the projector's LoRA inputs
     given = {"lm_mode": lm_mode, "group_size": group_size, "ratio": ratio, "all_layers": all_layers, "awq": awq,
-             "scale_estimation": scale_estimation, "gptq": gptq, "vision": vision, "text_embeddings": text_embeddings,
+             "scale_estimation": scale_estimation, "gptq": gptq, "lora_correction": lora_correction, "vision": vision, "text_embeddings": text_embeddings,
              "calibration_size": calibration_size}
     recipe, declared = export_recipe(resolve_source(model, "model"), weights, given)
     if declared:  # budget declares its INT4 recipe (AWQ, group 32): say so, flags still win

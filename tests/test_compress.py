@@ -322,6 +322,17 @@ def test_gptq_reaches_nncf(lm_fp32, lm_int4):
     assert _cosine(reference, gptq) > 0.98
 
 
+def test_lora_correction_reaches_nncf(lm_fp32, lm_int4):
+    """NNCF's LoRA correction adds low-rank float MatMuls next to the 4-bit ones and moves the output."""
+    dataset = [prefill_inputs(RNG.standard_normal((1, 8 + i, HIDDEN)).astype(np.float32)) for i in range(4)]
+    model = compress_language_model(lm_fp32.clone(), CompressionOptions(lora_correction=True), dataset)
+    matmuls = lambda m: sum(op.get_type_name() == "MatMul" for op in m.get_ops())  # noqa: E731
+    assert matmuls(model) > matmuls(lm_int4)  # the adapters' A and B products
+    data_free, corrected, reference = (_run_lm(m, PROBES[0], split=8) for m in (lm_int4, model, lm_fp32))
+    assert not np.allclose(data_free, corrected)
+    assert _cosine(reference, corrected) > 0.98
+
+
 def test_dataset_items_are_checked(lm_fp32):
     item = prefill_inputs(np.zeros((1, 4, HIDDEN), np.float32))
     del item["beam_idx"]
@@ -403,6 +414,8 @@ def test_describe_a_saved_fp16_model(embeddings_fp32, tmp_path):
     ({"weights": "int8", "awq": True}, "awq"),
     ({"weights": "fp16", "scale_estimation": True}, "scale_estimation"),
     ({"weights": "int8", "gptq": True}, "gptq"),
+    ({"weights": "int8", "lora_correction": True}, "lora_correction"),
+    ({"gptq": True, "lora_correction": True}, "gptq and lora_correction"),
 ])
 def test_bad_options_are_refused(kwargs, match):
     with pytest.raises(CompressionError, match=match) as info:
@@ -410,7 +423,7 @@ def test_bad_options_are_refused(kwargs, match):
     assert isinstance(info.value, LlavakitError)
 
 
-@pytest.mark.parametrize("method", ["awq", "scale_estimation", "gptq"])
+@pytest.mark.parametrize("method", ["awq", "scale_estimation", "gptq", "lora_correction"])
 def test_data_aware_without_dataset_says_pass_calibration(lm_fp32, method):
     with pytest.raises(CompressionError, match=f"{method} need calibration data.*--calibration"):
         compress_language_model(lm_fp32, CompressionOptions(**{method: True}))

@@ -81,7 +81,7 @@ TEXT_EMBEDDINGS = ("int8", "fp16", "fp32")
 GROUP_SIZE_FALLBACKS = ("adjust", "ignore", "error")
 PARTS = ("language", "vision", "text_embeddings")
 #: The data-aware 4-bit methods: CompressionOptions fields named as ``nncf.compress_weights`` arguments.
-DATA_AWARE = ("awq", "scale_estimation", "gptq")
+DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction")
 
 #: Dataset key NNCF's OpenVINO engine reads to decide whether to reset the model state before an item.
 RESET_STATE_KEY = "nncf_reset_state"
@@ -106,6 +106,8 @@ class CompressionOptions:
     awq / scale_estimation / gptq: data-aware 4-bit corrections; need a dataset of LM inputs. GPTQ
         (layer-wise error feedback, NNCF's ``gptq=True``) is the slowest; on SmolLM2-135M it agreed with fp32
         less than AWQ + scale estimation did (``benchmarks/quantization.md``).
+    lora_correction: NNCF's LoRA correction: a low-rank float term per 4-bit layer fitted to the
+        quantization error on the calibration data (more weights and time; not with gptq).
     group_size_fallback: layers whose input channels are not a multiple of ``group_size``:
         "adjust" (largest power-of-two group >= 32 that divides them, else INT8),
         "ignore" (leave them in float), "error" (NNCF's default: refuse).
@@ -125,6 +127,7 @@ class CompressionOptions:
     awq: bool = False
     scale_estimation: bool = False
     gptq: bool = False
+    lora_correction: bool = False
     group_size_fallback: str = "adjust"
     vision: str = "int8"
     text_embeddings: str = "int8"
@@ -153,6 +156,8 @@ class CompressionOptions:
         if isinstance(self.calibration_size, bool) or not isinstance(self.calibration_size, int) or \
                 self.calibration_size < 1:
             raise CompressionError(f"calibration_size={self.calibration_size!r} must be a positive integer")
+        if self.gptq and self.lora_correction:
+            raise CompressionError("gptq and lora_correction cannot be combined (NNCF); pick one")
         data_aware = [name for name in DATA_AWARE if getattr(self, name)]
         if data_aware and self.weights != "int4":
             raise CompressionError(f"{' and '.join(data_aware)} tune 4-bit weights, but weights={self.weights!r}; "

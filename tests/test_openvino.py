@@ -66,6 +66,34 @@ def test_cached_decode_equals_full_recompute(ov_pipeline):
     np.testing.assert_allclose(logits, full, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("rows, limit, sizes", [(72, 64, [36, 36]), (200, 64, [50, 50, 50, 50]), (64, 64, [64]),
+                                               (7, 3, [3, 2, 2]), (10, 0, [10])])
+def test_prefill_chunks_are_balanced(rows, limit, sizes):
+    from llavakit.runtime.ov_backend import prefill_chunks
+
+    assert prefill_chunks(rows, limit) == sizes
+
+
+def test_chunked_prefill_equals_one_call(ov_pipeline):
+    """A prefill cut into chunks (each attending to the state so far) gives the one-call logits and greedy text."""
+    backend = ov_pipeline.backend
+    prompt = backend.prepare([{"role": "user", "content": user_content("Describe it in detail", 1)}], [SOLID])
+    assert backend.prompt_length(prompt) > 8
+    chunk = backend.prefill_chunk
+    try:
+        answers = {}
+        for limit in (0, 5):
+            backend.prefill_chunk = limit
+            backend.reset()
+            logits = backend.prefill(prompt)
+            backend.reset()  # else the next request would find the whole prompt in the prefix cache
+            answers[limit] = logits, ov_pipeline.generate("Describe it in detail", [SOLID], max_new_tokens=12).text
+    finally:
+        backend.prefill_chunk = chunk
+    np.testing.assert_allclose(answers[0][0], answers[5][0], atol=1e-4, rtol=1e-4)
+    assert answers[0][1] == answers[5][1]
+
+
 def test_chat_turn_two_reuses_cache_and_equals_scratch(tiny_export, ov_pipeline):
     chat = ov_pipeline.chat()
     chat.send("What is this?", images=[SOLID], max_new_tokens=8)

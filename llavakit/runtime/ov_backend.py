@@ -53,6 +53,22 @@ from llavakit.runtime.types import union_of_ids
 #: MatMuls (dynamic quantization, on by default there): group size 0 turns that off.
 PRECISE = {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}
 IMAGE_CACHE_SIZE = 32
+#: Prefill at most this many rows per LM call on a CPU (``prefill_chunks``); 0 = one call.
+PREFILL_CHUNK = 64
+
+
+def prefill_chunks(rows: int, limit: int) -> list[int]:
+    """Balanced chunk sizes of at most ``limit`` rows that add up to ``rows`` (one chunk if ``limit`` <= 0).
+
+    Why: the OpenVINO CPU plugin's weight-compressed MatMuls get dearer per row past 64 rows (2-core AVX-512
+    EPYC, OpenVINO 2026.4, 2026-12-06: a bench-1b INT4 prefill of 72 rows took 489 ms in one call and 380 ms
+    as 36 + 36; 200 rows 1300 vs 1019 ms as 4 x 50; budget INT8: equal at 72 rows, 334 vs 274 ms at 200). No
+    measured size got slower. Equal chunks beat 64 + remainder (benchmarks/README.md, chunked prefill).
+    """
+    if limit <= 0 or rows <= limit:
+        return [rows]
+    count = -(-rows // limit)
+    return [rows // count + (1 if i < rows % count else 0) for i in range(count)]
 
 
 def lm_cpu_defaults(core: ov.Core, device: str) -> dict:
@@ -126,6 +142,7 @@ class OpenVINOBackend:
         language_model = keep_last_logits(core.read_model(model_dir / layout.LANGUAGE_MODEL))
         self._experts = ExpertUsage.attach(language_model, model_dir)  # MoE: router outputs for usage stats
         self.lm_properties = {**lm_cpu_defaults(core, self.device), **props}  # what the LM is compiled with
+        self.prefill_chunk = PREFILL_CHUNK if self.device.startswith("CPU") else 0  # set 0 for one call
         self._lm = core.compile_model(language_model, self.device, self.lm_properties).create_infer_request()
         self._vision = compile_(layout.VISION_EMBEDDINGS)
         self._text = compile_(layout.TEXT_EMBEDDINGS)
@@ -259,7 +276,10 @@ class OpenVINOBackend:
         if self._experts is not None:
             self._experts.reset()  # expert usage is counted per generation
         embeds = self._embed(prepared, keep)  # (1, T_new, D)
-        logits = self._run(embeds, start=keep)
+        done = 0
+        for rows in prefill_chunks(embeds.shape[1], self.prefill_chunk):  # each chunk attends to the state so far
+            logits = self._run(embeds[:, done:done + rows], start=keep + done)  # the last chunk's logits are the answer
+            done += rows
         self._state_keys = list(keys)
         return logits
 

@@ -21,8 +21,10 @@ import openvino as ov
 from llavakit.export import layout
 from llavakit.runtime.ov_backend import keep_last_logits, lm_cpu_defaults, prefill_chunks
 
-CUTS = {"one call": lambda rows: [rows], "64 + rest": lambda rows: [64] * (rows // 64) + ([rows % 64] if rows % 64 else []),
-        "balanced <= 64": lambda rows: prefill_chunks(rows, 64), "balanced <= 48": lambda rows: prefill_chunks(rows, 48),
+CUTS = {"one call": lambda rows: [rows],
+        "64 + rest": lambda rows: [64] * (rows // 64) + ([rows % 64] if rows % 64 else []),
+        "balanced <= 64": lambda rows: prefill_chunks(rows, 64),
+        "balanced <= 48": lambda rows: prefill_chunks(rows, 48),
         "balanced <= 32": lambda rows: prefill_chunks(rows, 32)}
 
 

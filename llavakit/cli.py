@@ -140,8 +140,8 @@ def export(
     if lora_slots and vision is None:
         vision = "int8_weights"  # PTQ would quantize the projector's LoRA inputs
     given = {"lm_mode": lm_mode, "group_size": group_size, "ratio": ratio, "all_layers": all_layers, "awq": awq,
-             "scale_estimation": scale_estimation, "gptq": gptq, "lora_correction": lora_correction, "vision": vision, "text_embeddings": text_embeddings,
-             "calibration_size": calibration_size}
+             "scale_estimation": scale_estimation, "gptq": gptq, "lora_correction": lora_correction, "vision": vision,
+             "text_embeddings": text_embeddings, "calibration_size": calibration_size}
     recipe, declared = export_recipe(resolve_source(model, "model"), weights, given)
     if declared:  # budget declares its INT4 recipe (AWQ, group 32): say so, flags still win
         out.print("using the model's declared " + weights + " recipe: "

@@ -138,7 +138,8 @@ def _recording(cls: type) -> type:
 
         def training_step(self, *a: Any, **k: Any) -> torch.Tensor:
             loss = super().training_step(*a, **k)
-            self.__dict__.setdefault("step_losses", []).append(loss.detach().clone())  # a copy: CUDA graphs reuse outputs
+            # a copy: CUDA graphs reuse their output buffers
+            self.__dict__.setdefault("step_losses", []).append(loss.detach().clone())
             return loss
 
     return Recording
@@ -319,9 +320,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.sdpa_backend and torch.cuda.is_available():
-        for name in ("flash", "efficient", "cudnn"):
-            {"flash": torch.backends.cuda.enable_flash_sdp, "efficient": torch.backends.cuda.enable_mem_efficient_sdp,
-             "cudnn": torch.backends.cuda.enable_cudnn_sdp}[name](name == args.sdpa_backend)
+        switches = {"flash": torch.backends.cuda.enable_flash_sdp,
+                    "efficient": torch.backends.cuda.enable_mem_efficient_sdp,
+                    "cudnn": torch.backends.cuda.enable_cudnn_sdp}
+        for name, enable in switches.items():
+            enable(name == args.sdpa_backend)
     model_dir = Path(args.model) if args.model else build_model(out, args.tiny)
     if args.build_only:
         return {"model": str(model_dir)}
@@ -345,7 +348,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (out / "train_bench.json").write_text(json.dumps(report, indent=1))
             r = results[0]
             print(f"{r['kind']} x{r['world_size']} ({r['distributed']}): step {r['step_s'] * 1e3:.1f} ms  "
-                  f"{r['samples_s']:.2f} samples/s  MFU/GPU {100 * r['mfu']:.1f}%  breaks {r['graph_breaks']}  loss {r['losses'][-1:]}")
+                  f"{r['samples_s']:.2f} samples/s  MFU/GPU {100 * r['mfu']:.1f}%  breaks {r['graph_breaks']}  "
+                  f"loss {r['losses'][-1:]}")
         return report
     base, kit = results
     n = min(len(base["losses"]), len(kit["losses"]))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -55,16 +56,16 @@ def install_capture_hooks(model: torch.nn.Module) -> int:
     return installed
 
 
-def merge_image_features(model: torch.nn.Module, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+def merge_image_features(model: torch.nn.Module, vision: torch.nn.Module, input_ids: torch.Tensor,
+                         pixel_values: torch.Tensor) -> torch.Tensor:
     """Token embeddings with the projected image features at the ``<image>`` positions, in order.
 
-    The same values as transformers' ``masked_scatter`` merge (features fill the image positions
-    row-major), from ops whose shapes do not depend on the data.
+    ``vision`` is the model's ``export.parts.VisionEmbeddings`` (tower, feature layer, projector). The
+    same values as transformers' ``masked_scatter`` merge (features fill the image positions row-major),
+    from ops whose shapes do not depend on the data.
     """
-    from llavakit.export.parts import VisionEmbeddings
-
     embeds = model.get_input_embeddings()(input_ids)  # (B, T, D)
-    feats = VisionEmbeddings(model)(pixel_values)  # (N, P, D)
+    feats = vision(pixel_values)  # (N, P, D)
     flat = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)  # (N*P, D)
     mask = input_ids == model.config.image_token_id  # (B, T)
     index = (mask.reshape(-1).cumsum(0) - 1).clamp(min=0)  # (B*T,): the feature row each image position takes
@@ -72,23 +73,28 @@ def merge_image_features(model: torch.nn.Module, input_ids: torch.Tensor, pixel_
     return torch.where(mask.unsqueeze(-1), picked, embeds)  # (B, T, D)
 
 
-def _merge_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+def _merge_hook(vision: torch.nn.Module, module: torch.nn.Module, args: tuple, kwargs: dict
+                ) -> tuple[tuple, dict] | None:
     """Forward pre-hook: ``input_ids`` + ``pixel_values`` become ``inputs_embeds``."""
     if args or kwargs.get("pixel_values") is None or kwargs.get("input_ids") is None:
         return None
     if kwargs.get("past_key_values") is not None or kwargs.get("image_sizes") is not None:
         return None
     kwargs = dict(kwargs)
-    embeds = merge_image_features(module, kwargs.pop("input_ids"), kwargs.pop("pixel_values"))
-    kwargs["inputs_embeds"] = embeds
+    kwargs["inputs_embeds"] = merge_image_features(module, vision, kwargs.pop("input_ids"), kwargs.pop("pixel_values"))
     return args, kwargs
 
 
 def install_merge_hook(model: torch.nn.Module) -> list[Any]:
-    """The merge pre-hook on every plain LLaVA module inside ``model``; the handles (remove them after)."""
+    """The merge pre-hook on every plain LLaVA module inside ``model``; the handles (remove them after).
+
+    The vision wrapper is built here, once per module, not on every forward.
+    """
     from transformers import LlavaForConditionalGeneration
 
-    return [m.register_forward_pre_hook(_merge_hook, with_kwargs=True)
+    from llavakit.export.parts import VisionEmbeddings
+
+    return [m.register_forward_pre_hook(partial(_merge_hook, VisionEmbeddings(m)), with_kwargs=True)
             for m in model.modules() if isinstance(m, LlavaForConditionalGeneration)]
 
 

@@ -429,6 +429,12 @@ def test_data_aware_without_dataset_says_pass_calibration(lm_fp32, method):
         compress_language_model(lm_fp32, CompressionOptions(**{method: True}))
 
 
+def test_report_names_the_data_aware_methods():
+    assert CompressionOptions().method_note() == ""
+    assert CompressionOptions(awq=True, scale_estimation=True).method_note() == " + AWQ + scale estimation"
+    assert CompressionOptions(lora_correction=True).method_note() == " + LoRA correction"
+
+
 def test_save_as_fp16_names_parts():
     with pytest.raises(CompressionError, match="part"):
         save_as_fp16(CompressionOptions(), "projector")

@@ -168,6 +168,16 @@ class CompressionOptions:
         """Whether the language model's compression needs a calibration dataset."""
         return any(getattr(self, name) for name in DATA_AWARE)
 
+    def method_note(self) -> str:
+        """The data-aware methods in use, for the export report, e.g. " + AWQ + scale estimation" ("" if none).
+
+        The graph alone cannot show them (AWQ and scale estimation only change the values of the 4-bit weights),
+        so the report would otherwise describe an AWQ export exactly like a data-free one.
+        """
+        names = {"awq": "AWQ", "scale_estimation": "scale estimation", "gptq": "GPTQ",
+                 "lora_correction": "LoRA correction"}
+        return "".join(f" + {names[name]}" for name in DATA_AWARE if getattr(self, name))
+
 
 def save_as_fp16(opts: CompressionOptions, part: str) -> bool:
     """The ``compress_to_fp16`` to pass to ``ov.save_model`` for ``part`` ("language", "vision", "text_embeddings").

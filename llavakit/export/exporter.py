@@ -109,7 +109,8 @@ def export_openvino(
             ov.save_model(ov_model, tmp / filename, compress_to_fp16=save_as_fp16(options, part))
             report["parts"][label] = {
                 "file": filename,
-                "precision": describe_precision(tmp / filename),  # what was written, not what was asked
+                # what was written, not what was asked (+ the data-aware methods, which the graph cannot show)
+                "precision": describe_precision(tmp / filename) + (options.method_note() if part == "language" else ""),
                 "bytes": (tmp / filename).with_suffix(".bin").stat().st_size,
                 "seconds": round(time.perf_counter() - start, 2),
             }

@@ -12,7 +12,7 @@ yours". This script is that other code, written on purpose without importing ``l
 It writes ``OUT/test.json`` in the LLaVA format with the fields ``llavakit eval`` scores by (``family``,
 ``answer_kind``, ``answer``, ``scene.objects``), so any model can be scored on it:
 
-    pip install matplotlib                                  # the only extra dependency (not llavakit's)
+    pip install -e '.[probe]'                               # matplotlib, the only extra dependency
     python benchmarks/robustness_probe.py /tmp/probe --n 600 --seed 7
     llavakit eval budget --data /tmp/probe/test.json --weights int8
     llavakit eval nano --data /tmp/probe/test.json --weights int8

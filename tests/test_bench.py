@@ -17,7 +17,7 @@ import pytest
 from openvino import opset13 as ops
 
 from llavakit.errors import LlavakitError
-from llavakit.eval import bench
+from llavakit.eval import bench, bench_report
 from llavakit.eval.bench_workers import bench_image, lm_weight_bytes, question, summarize, workload
 
 
@@ -88,10 +88,10 @@ def test_ratios_and_readings():
     rows = {(c["peer"], c["metric"]): c for c in bench._comparisons(engines)}
     assert {peer for peer, _ in rows} == {"genai-pa"}
     assert rows["genai-pa", "decode_tokens_per_s"]["ratio"] == 2.0
-    assert bench._reading(rows["genai-pa", "decode_tokens_per_s"]) == "2.00× faster"
-    assert bench._reading(rows["genai-pa", "ttft_s_cold"]) == "2.00× faster"
-    assert bench._reading(rows["genai-pa", "ttft_s_warm"]) == "2.00× slower"
-    assert bench._reading(rows["genai-pa", "peak_rss_mb"]) == "2.00× less"
+    assert bench_report._reading(rows["genai-pa", "decode_tokens_per_s"]) == "2.00× faster"
+    assert bench_report._reading(rows["genai-pa", "ttft_s_cold"]) == "2.00× faster"
+    assert bench_report._reading(rows["genai-pa", "ttft_s_warm"]) == "2.00× slower"
+    assert bench_report._reading(rows["genai-pa", "peak_rss_mb"]) == "2.00× less"
     assert rows["genai-pa", "ttft_s_warm"]["llavakit_ahead"] is False
 
 

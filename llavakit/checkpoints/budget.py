@@ -43,7 +43,8 @@ BUDGET_INT4 = {"group_size": 32, "awq": True, "scale_estimation": True, "calibra
 BUDGET_DESCRIPTION = (
     "Default model 'budget': SmolLM2-135M-Instruct (a real, pretrained language model) + a vision tower and "
     "projector trained by llavakit on shapes world (synthetic scenes of coloured shapes and words). It sees "
-    "shapes, colours, counts and printed words (about 93% on the shapes-world test split at INT8; weakest on captions) "
+    "shapes, colours, counts and printed words (about 95% on the shapes-world test split at INT8; weakest on captions "
+    "and on words in fonts it was not trained on) "
     "and chats like SmolLM2; on photographs its answers are guesses."
 )
 

@@ -31,6 +31,11 @@ def shapes(
     family_weight: Annotated[list[str] | None, typer.Option(
         help="FAMILY=W: how often a family leads a train sample, relative to the others (default colour 1, "
              "shape 1, count 1.2, spatial 1.4, exists 1.2, read 1, caption 0.8); repeatable.")] = None,
+    fonts: Annotated[Path | None, typer.Option(
+        help="A folder of .ttf/.otf fonts words are also drawn in (train and val; the test split keeps the "
+             "built-in font).")] = None,
+    random_words: Annotated[float, typer.Option(
+        help="Share of train/val words that are made up (3-7 letters), so a model learns letters, not a list.")] = 0.0,
     workers: Annotated[int, typer.Option(help="Worker processes (output does not depend on it).")] = 1,
     force: Annotated[bool, typer.Option(help="Write into a non-empty output directory.")] = False,
 ) -> None:
@@ -39,6 +44,7 @@ def shapes(
 
     cfg = ShapesConfig(train=train, val=val, test=test, seed=seed, image_size=image_size, multi_turn=multi_turn,
                        heldout_share=heldout_share, text_captions=text_captions,
+                       fonts=_font_files(fonts) if fonts else (), random_words=random_words,
                        family_weights=_parse_weights(family_weight or []),
                        families=tuple(f.strip() for f in families.split(",") if f.strip()))
     summary = generate_shapes(out_dir, cfg, workers=workers, force=force, progress=True)
@@ -49,6 +55,18 @@ def shapes(
     out.print(f"wrote {out_dir}/{{train,val,test}}.json (LLaVA) and .jsonl (HF messages), images/ and dataset.json")
     if text_captions:
         out.print(f"wrote {out_dir}/text_captions.json: {text_captions} text-only caption samples")
+
+
+def _font_files(folder: Path) -> tuple[str, ...]:
+    """The .ttf / .otf files in ``folder`` (sorted: the same folder gives the same data set)."""
+    from llavakit.errors import LlavakitError
+
+    if not folder.is_dir():
+        raise LlavakitError(f"--fonts {folder} is not a folder")
+    files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".ttf", ".otf"))
+    if not files:
+        raise LlavakitError(f"--fonts {folder} holds no .ttf or .otf file")
+    return tuple(files)
 
 
 def _parse_weights(items: list[str]) -> tuple[tuple[str, float], ...]:

@@ -195,3 +195,35 @@ def test_family_weights_shift_the_train_mix_and_bad_ones_are_refused(tmp_path: P
                              "--test", "0", "--image-size", "32", "--family-weight", "spatial=2.4", "--force"])
     assert ok.exit_code == 0, ok.output
     assert json.loads((tmp_path / "c" / "dataset.json").read_text())["config"]["family_weights"] == [["spatial", 2.4]]
+
+
+def test_fonts_and_made_up_words_widen_train_reading_and_leave_test_alone(shapes_dir: Path, tmp_path: Path) -> None:
+    """--fonts / --random-words: made-up words and other fonts in train; the test split is byte-identical."""
+    from PIL import ImageFont
+
+    from llavakit.data.shapes.scene import WORDS
+
+    fonts = tmp_path / "fonts"
+    fonts.mkdir()
+    builtin = ImageFont.load_default(size=12).path  # Pillow's embedded TrueType data, as a real font file
+    builtin.seek(0)
+    (fonts / "a.ttf").write_bytes(builtin.read())
+    runner = CliRunner()
+    out = tmp_path / "wide"
+    args = ["data", "shapes", "--out", str(out), "--train", "60", "--val", "10", "--test", "70", "--seed", "3",
+            "--image-size", "96", "--fonts", str(fonts), "--random-words", "0.8"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    read = [r for r in json.loads((out / "train.json").read_text()) if r["family"] == "read"]
+    made_up = [r["answer"] for r in read if r["answer"] not in WORDS]
+    assert made_up and all(re.fullmatch(r"[a-z]{3,7}", w) for w in made_up)
+    assert _digest(out / "images") != _digest(shapes_dir / "images")
+    test_images = lambda d: {k: v for k, v in _digest(d / "images").items() if k.startswith("test-")}  # noqa: E731
+    assert test_images(out) == test_images(shapes_dir)  # the standard test split, whatever the options
+    assert (out / "test.json").read_bytes() == (shapes_dir / "test.json").read_bytes()
+    assert json.loads((out / "dataset.json").read_text())["config"]["fonts"] == [str((fonts / "a.ttf").resolve())]
+    (fonts / "bad.ttf").write_text("not a font")
+    bad = runner.invoke(app, args + ["--force"])
+    assert bad.exit_code == 2 and "bad.ttf" in bad.output and "cannot be loaded" in bad.output
+    bad = runner.invoke(app, args[:-2] + ["--random-words", "1.5", "--force"])
+    assert bad.exit_code == 2 and "random-words" in bad.output

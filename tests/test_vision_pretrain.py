@@ -71,7 +71,7 @@ def test_pretrain_learns_and_saves_a_plain_clip_tower(parts, tmp_path):
                               eval_set=(images[:32], {k: v[:32] for k, v in labels.items()}))
     losses = [row["loss"] for row in summary["curve"]]
     assert losses[-1] < losses[0]
-    assert set(summary["accuracy"]) == {"color", "shape", "word", "counts", "pos"}
+    assert set(summary["accuracy"]) == {"color", "shape", "word", "letters", "counts", "pos"}
     tower = CLIPVisionModel.from_pretrained(tmp_path / "tower")  # heads are not part of the saved model
     assert not any("head" in k for k in tower.state_dict())
     assert (tmp_path / "tower" / "vision_pretrain.json").is_file()
@@ -93,3 +93,33 @@ def test_permute_colors_swaps_channels_and_marks_those_images():
     for a, b in zip(out[~ok], images[~ok]):
         assert not torch.equal(a, b) or len(set(b.flatten().tolist())) == 1
         assert sorted(a.flatten().tolist()) == sorted(b.flatten().tolist())  # same values, channels moved
+
+
+def test_letter_labels_and_made_up_words(tmp_path):
+    """Made-up words: the word head ignores them, the letter head spells them; other fonts render."""
+    from llavakit.train.vision_pretrain import END, IGNORE, MAX_LETTERS, letter_labels
+
+    assert letter_labels(None).tolist() == [IGNORE] * MAX_LETTERS
+    assert letter_labels("cab").tolist() == [2, 0, 1] + [END] * (MAX_LETTERS - 3)
+    font = tmp_path / "builtin.ttf"
+    font.write_bytes(builtin_font_bytes())  # a real TrueType file on every machine with Pillow
+    images, labels = render_scenes(40, size=32, grid=4, fonts=(str(font),), random_words=1.0)
+    has_word = labels["letters"][:, 0] != IGNORE
+    assert has_word.any()
+    assert (labels["word"][has_word] == IGNORE).sum() > 0  # made-up words are not in the word list
+    assert images.shape == (40, 32, 32, 3)
+    out = {"letters": torch.zeros(40, MAX_LETTERS, END + 1)}
+    from llavakit.train.vision_pretrain import _ce_or_zero
+
+    assert torch.isfinite(_ce_or_zero(out["letters"].flatten(0, 1), labels["letters"].flatten()))
+    assert _ce_or_zero(torch.zeros(3, 5), torch.full((3,), IGNORE)).item() == 0.0  # no word at all: 0, not NaN
+
+
+def builtin_font_bytes() -> bytes:
+    """Pillow's built-in scalable font as TrueType bytes (it is embedded in Pillow, not a file on disk)."""
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=12)
+    source = font.path  # a BytesIO holding the TrueType data
+    source.seek(0)
+    return source.read()

@@ -30,6 +30,12 @@ Design decisions:
 * **Scenes for robustness**: the same sampler as the QA data (hue bands and
   textbook colours, varied backgrounds, sizes, outline / hollow styles,
   rotated words, JPEG artefacts), a word on half of them.
+* **Letters, not only words** (``fonts`` / ``random_words``, off by default):
+  the word head is a classifier over the 60 known words, so a tower taught by
+  it alone recognises the look of those words in one font. A letter head reads
+  up to ``MAX_LETTERS`` letters (position by position) from the text patches, and
+  made-up words (which the word head ignores) make letters the only way to
+  that loss. Scenes without a word ignore the letter head.
 """
 
 from __future__ import annotations
@@ -60,6 +66,9 @@ from llavakit.errors import LlavakitError
 NONE_COLOR = len(COLORS)  # label of a patch with no object
 NONE_SHAPE = len(SHAPES)
 NONE_WORD = len(WORDS)  # label of a scene without a word
+IGNORE = -100  # a target no loss reads (cross_entropy's ignore_index): a made-up word for the word head
+MAX_LETTERS = 8  # letters the letter head reads; longer words are cut (the generator's are at most 7)
+END = 26  # letter class after the last letter (a-z are 0-25)
 MAX_COUNT = 6  # a scene holds at most 6 objects
 COUNT_KEYS = (*SHAPES, *COLORS)  # one count head per shape and per colour
 
@@ -71,8 +80,9 @@ class SceneLabels:
     color: np.ndarray  # (G, G) int64, 0..5 or NONE_COLOR
     shape: np.ndarray  # (G, G) int64, 0..4 or NONE_SHAPE
     text: np.ndarray  # (G, G) int64, 1 where the word is
-    word: int  # index into WORDS or NONE_WORD
+    word: int  # index into WORDS, NONE_WORD, or IGNORE for a made-up word
     counts: np.ndarray  # (len(COUNT_KEYS),) int64: objects per shape, then per colour
+    letters: np.ndarray  # (MAX_LETTERS,) int64: a-z as 0-25, then END; all IGNORE without a word
 
 
 def scene_labels(scene: Scene, grid: int) -> SceneLabels:
@@ -103,29 +113,40 @@ def scene_labels(scene: Scene, grid: int) -> SceneLabels:
         text[(xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)] = 1
     counts = np.array([sum(o.shape == s for o in scene.objects) for s in SHAPES]
                       + [sum(o.color == c for o in scene.objects) for c in COLORS], dtype=np.int64)
-    word = WORDS.index(scene.word) if scene.word else NONE_WORD
-    return SceneLabels(color, shape, text, word, counts)
+    word = (WORDS.index(scene.word) if scene.word in WORDS else IGNORE) if scene.word else NONE_WORD
+    return SceneLabels(color, shape, text, word, counts, letter_labels(scene.word))
 
 
-def _render_one(job: tuple[int, int, int, int, bool]) -> tuple[np.ndarray, SceneLabels]:
-    seed, index, size, grid, heldout = job
+def letter_labels(word: str | None) -> np.ndarray:
+    """(MAX_LETTERS,) targets of the letter head: the word's letters, END after them, IGNORE without a word."""
+    out = np.full(MAX_LETTERS, IGNORE if not word else END, dtype=np.int64)
+    for i, ch in enumerate((word or "")[:MAX_LETTERS]):
+        out[i] = ord(ch) - ord("a") if "a" <= ch <= "z" else END
+    return out
+
+
+def _render_one(job: tuple) -> tuple[np.ndarray, SceneLabels]:
+    seed, index, size, grid, heldout, fonts, random_words = job
     rng = random.Random(f"vision/{seed}/{'heldout' if heldout else 'train'}/{index}")
+    widen = {"fonts": fonts, "random_words": random_words}
     if heldout:  # evaluation scenes: each holds one colour x shape pair never seen in training
         scene = sample_scene(rng, size, allowed_pairs=allowed_pairs("test"), must_include=rng.choice(HELD_OUT),
-                             with_word=rng.random() < 0.5)
+                             with_word=rng.random() < 0.5, **widen)
     else:
-        scene = sample_scene(rng, size, allowed_pairs=allowed_pairs("train"), with_word=rng.random() < 0.5)
+        scene = sample_scene(rng, size, allowed_pairs=allowed_pairs("train"), with_word=rng.random() < 0.5, **widen)
     return np.asarray(render(scene), dtype=np.uint8), scene_labels(scene, grid)
 
 
-def render_scenes(n: int, *, seed: int = 0, size: int = 160, grid: int = 10, workers: int = 1, heldout: bool = False
+def render_scenes(n: int, *, seed: int = 0, size: int = 160, grid: int = 10, workers: int = 1, heldout: bool = False,
+                  fonts: tuple[str, ...] = (), random_words: float = 0.0
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``n`` scenes as uint8 images (N, H, W, 3) and stacked labels.
 
     Training scenes (default) never hold a held-out colour x shape pair; ``heldout=True`` scenes each hold one
-    (for measuring whether the heads generalise to unseen combinations).
+    (for measuring whether the heads generalise to unseen combinations). ``fonts`` / ``random_words``: see
+    ``sample_scene`` (the same for the held-out scenes, so their letter accuracy measures what was trained).
     """
-    jobs = [(seed, i, size, grid, heldout) for i in range(n)]
+    jobs = [(seed, i, size, grid, heldout, tuple(fonts), random_words) for i in range(n)]
     if workers > 1 and n >= 256:
         with get_context("fork").Pool(workers) as pool:
             results = pool.map(_render_one, jobs, chunksize=64)
@@ -138,6 +159,7 @@ def render_scenes(n: int, *, seed: int = 0, size: int = 160, grid: int = 10, wor
         "text": torch.from_numpy(np.stack([r[1].text for r in results])),  # (N, G, G)
         "word": torch.tensor([r[1].word for r in results]),  # (N,)
         "counts": torch.from_numpy(np.stack([r[1].counts for r in results])),  # (N, K)
+        "letters": torch.from_numpy(np.stack([r[1].letters for r in results])),  # (N, MAX_LETTERS)
     }
     return images, labels
 
@@ -155,10 +177,15 @@ class VisionHeads(nn.Module):
         self.grid = grid
         self.row = nn.Linear(hidden, grid)
         self.col = nn.Linear(hidden, grid)
+        self.letters = nn.Linear(hidden, MAX_LETTERS * (END + 1))
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = tokens.mean(dim=1)  # (B, C)
-        return {"color": self.color(tokens), "shape": self.shape(tokens), "text": self.text(tokens),  # (B, P, k)
+        # letters are read from the text patches: their mean, weighted by the text head's own belief
+        text_w = self.text(tokens).float().softmax(-1)[..., 1:].detach()  # (B, P, 1), no gradient into the weights
+        text_pool = (tokens * text_w).sum(1) / text_w.sum(1).clamp(min=1e-3)  # (B, C)
+        return {"letters": self.letters(text_pool).view(tokens.shape[0], MAX_LETTERS, END + 1),  # (B, L, 27)
+                "color": self.color(tokens), "shape": self.shape(tokens), "text": self.text(tokens),  # (B, P, k)
                 "row": self.row(tokens), "col": self.col(tokens),  # (B, P, G): where the token is
                 "word": self.word(pooled),  # (B, W+1)
                 "counts": self.counts(pooled).view(tokens.shape[0], len(COUNT_KEYS), MAX_COUNT + 1)}  # (B, K, 7)
@@ -200,10 +227,18 @@ def head_losses(out: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
         "text": patch_ce(out["text"], text_t, text_w),
         "pos": 0.5 * (ce(out["row"].float().flatten(0, 1), (pos // grid).repeat(b))
                       + ce(out["col"].float().flatten(0, 1), (pos % grid).repeat(b))),
-        "word": ce(out["word"].float(), labels["word"]),
+        "word": _ce_or_zero(out["word"].float(), labels["word"]),
+        **({"letters": _ce_or_zero(out["letters"].float().flatten(0, 1), labels["letters"].flatten())}
+           if "letters" in labels else {}),
         "counts": (counts[:, :n_shape].sum() + (counts[:, n_shape:] * ok[:, None]).sum())
         / (b * n_shape + ok.sum() * (counts.shape[1] - n_shape)),
     }
+
+
+def _ce_or_zero(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the targets that are not IGNORE; 0 (not NaN) when every one is."""
+    loss = nn.functional.cross_entropy(logits, target, ignore_index=IGNORE, reduction="sum")
+    return loss / (target != IGNORE).sum().clamp(min=1)
 
 
 #: Channel orders for the colour augmentation (index 0 is the identity).
@@ -231,7 +266,7 @@ def head_accuracy(tower: nn.Module, heads: VisionHeads, images: torch.Tensor, la
                   mean: list[float], std: list[float], batch: int = 512) -> dict[str, float]:
     """Accuracy of each head on held-aside scenes: object patches only for colour / shape, words where present."""
     dev = next(tower.parameters()).device
-    hits: dict[str, list[float]] = {k: [0.0, 0.0] for k in ("color", "shape", "word", "counts", "pos")}
+    hits: dict[str, list[float]] = {k: [0.0, 0.0] for k in ("color", "shape", "word", "letters", "counts", "pos")}
     for i in range(0, images.shape[0], batch):
         x = normalise(images[i: i + batch].to(dev), mean, std)
         lab = {k: v[i: i + batch].to(dev) for k, v in labels.items()}
@@ -243,9 +278,14 @@ def head_accuracy(tower: nn.Module, heads: VisionHeads, images: torch.Tensor, la
             pred = out[k].argmax(-1)  # (B, P)
             hits[k][0] += (pred == lab[k].reshape(b, -1))[obj].sum().item()
             hits[k][1] += obj.sum().item()
-        has = lab["word"] != NONE_WORD
+        has = (lab["word"] != NONE_WORD) & (lab["word"] != IGNORE)
         hits["word"][0] += (out["word"].argmax(-1) == lab["word"])[has].sum().item()
         hits["word"][1] += has.sum().item()
+        if "letters" in lab:  # whole words read letter by letter (made-up ones included)
+            spelled = lab["letters"][:, 0] != IGNORE  # (B,)
+            right = (out["letters"].argmax(-1) == lab["letters"]).all(-1)  # (B,)
+            hits["letters"][0] += right[spelled].sum().item()
+            hits["letters"][1] += spelled.sum().item()
         hits["counts"][0] += (out["counts"].argmax(-1) == lab["counts"]).all(-1).sum().item()
         hits["counts"][1] += b
         grid = heads.grid

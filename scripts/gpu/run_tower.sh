@@ -7,6 +7,10 @@
 #   VISION=/root/h6/vision STEPS=1600 BATCH=128 TRAIN_TIMEOUT=540 bash scripts/gpu/run_budget_v3.sh   # .carry/q3
 # The tower comes back through $OUT in 15 MB parts (vision.tar.aa, .ab; inside, vision_pretrain.json holds the
 # held-out head accuracies).
+# Reading beyond one font and 60 words (tower v3, planned): carry a fonts folder (e.g. .carry/fonts with the
+# Liberation Sans / Serif / Mono .ttf files; keep DejaVu out, the robustness probe draws with it) and run
+#   FONTS=.carry/fonts RANDOM_WORDS=0.4 SCENES=160000 TEST=1000 bash scripts/gpu/run_tower.sh
+# so that the tower's letter head and budget's QA data both see other fonts and made-up words.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false
 W=/root/h6; mkdir -p $W; OUT=${OUT:-/tmp/out}
@@ -15,12 +19,13 @@ VSHAPE=${VSHAPE:-'{"hidden": 256, "layers": 6, "heads": 8, "intermediate": 1024}
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 python3 scripts/gpu/train_defaults.py vision --work $W/work --out $W/vision --scenes ${VSCENES:-200000} \
   --steps ${VSTEPS:-14000} --batch ${VBATCH:-256} --lr ${VLR:-1e-3} --workers 16 \
-  --shape "$VSHAPE" > $W/vision_log.txt 2>&1 &
+  --shape "$VSHAPE" ${FONTS:+--fonts $FONTS} --random-words ${RANDOM_WORDS:-0} > $W/vision_log.txt 2>&1 &
 VPID=$!
 until grep -q "rendered" $W/vision_log.txt 2>/dev/null || ! kill -0 $VPID 2>/dev/null; do sleep 2; done
 echo "[$(date +%T)] tower scenes rendered (${SECONDS}s); QA data next, while the tower trains"
 if [ -n "${SCENES:-}" ] && [ ! -f $W/data/dataset.json ]; then
   python3 -m llavakit.cli data shapes --out $W/data --train $SCENES --val 10 --test ${TEST:-10} --seed 0 \
+    ${FONTS:+--fonts $FONTS} --random-words ${RANDOM_WORDS:-0} \
     --workers 14 --force > /dev/null && echo "[$(date +%T)] QA data done (${SECONDS}s)"
 fi
 wait $VPID; grep -v "it/s\]\|Warning\|warn(" $W/vision_log.txt | grep -v '^{' | tail -4

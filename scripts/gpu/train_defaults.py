@@ -60,8 +60,13 @@ def cmd_vision(a: argparse.Namespace) -> None:
     init = make_random_vision("clip", work / "vision_init", VisionShape(**shape), seed=a.seed)
     grid = shape["image_size"] // shape["patch_size"]
     t0 = time.time()
-    train = render_scenes(a.scenes, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers)
-    held = render_scenes(2000, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers, heldout=True)
+    from llavakit.data.shapes.scene import check_fonts
+
+    fonts = check_fonts(sorted(str(p) for p in Path(a.fonts).glob("*.[ot]tf"))) if a.fonts else ()
+    widen = {"fonts": fonts, "random_words": a.random_words}  # reading beyond one font and 60 words
+    train = render_scenes(a.scenes, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers, **widen)
+    held = render_scenes(2000, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers, heldout=True,
+                         **widen)
     log(f"rendered {a.scenes} + 2000 held-out scenes in {time.time() - t0:.0f} s")
     summary = pretrain_vision(init, Path(a.out), *train, PretrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
                                                                         seed=a.seed), eval_set=held)
@@ -232,6 +237,8 @@ def main() -> None:
     v.add_argument("--batch", type=int, default=256), v.add_argument("--lr", type=float, default=1e-3)
     v.add_argument("--workers", type=int, default=16), v.add_argument("--seed", type=int, default=0)
     v.add_argument("--shape", default="{}", help="JSON overrides of nano's tower shape (hidden, layers, heads, ...)")
+    v.add_argument("--fonts", default="", help="a folder of .ttf/.otf fonts words are also drawn in")
+    v.add_argument("--random-words", type=float, default=0.0, help="share of made-up words (letter head only)")
     b = sub.add_parser("budget")
     b.add_argument("--data", required=True), b.add_argument("--work", required=True)
     b.add_argument("--nano", default="", help="take the tower from this nano model ...")

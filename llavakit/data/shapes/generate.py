@@ -38,13 +38,13 @@ import json
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 
 from llavakit.data.shapes.questions import FAMILIES, QA, ask
-from llavakit.data.shapes.scene import COLORS, SHAPES, Scene, render, sample_scene
+from llavakit.data.shapes.scene import COLORS, SHAPES, Scene, check_fonts, render, sample_scene
 from llavakit.data.shapes.text_captions import text_caption_samples
 from llavakit.errors import LlavakitError
 
@@ -82,6 +82,10 @@ class ShapesConfig:
     system_prompts: float = 0.1  # share of train samples with a system message
     text_captions: int = 0  # text-only caption samples (text_captions.py), written to text_captions.json
     family_weights: tuple[tuple[str, float], ...] = ()  # train/val overrides of _TRAIN_WEIGHTS, e.g. (("spatial", 2.4),)
+    # reading beyond one font and one word list (scene.py), train and val only: the test split stays the
+    # standard one, so accuracy stays comparable; robustness is measured by benchmarks/robustness_probe.py
+    fonts: tuple[str, ...] = ()  # TrueType files words are drawn in, besides the built-in font
+    random_words: float = 0.0  # share of words that are made up (letters, not a word from WORDS)
 
     def train_weights(self) -> dict[str, float]:
         """Relative frequency of each family as a sample's first question (train and val; test is uniform).
@@ -123,8 +127,9 @@ def make_sample(split: str, index: int, cfg: ShapesConfig) -> tuple[Scene, dict]
         must = None
         if split == "test" and rng.random() < cfg.heldout_share:
             must = rng.choice(HELD_OUT)
+        widen = {"fonts": cfg.fonts, "random_words": cfg.random_words} if split != "test" else {}
         scene = sample_scene(rng, cfg.image_size, allowed_pairs=pairs, must_include=must,
-                             with_word=True if family == "read" else None)
+                             with_word=True if family == "read" else None, **widen)
         target = next((o for o in scene.objects if (o.color, o.shape) == must), None) if must else None
         first = ask(family, rng, scene, pairs, target=target)
         if first is None and target is not None:
@@ -215,10 +220,17 @@ def generate_shapes(out: Path | str, cfg: ShapesConfig, *, workers: int = 1, for
         raise LlavakitError(f"--text-captions must be >= 0, got {cfg.text_captions}")
     if not 32 <= cfg.image_size <= 1024:
         raise LlavakitError(f"--image-size must be between 32 and 1024 pixels, got {cfg.image_size}")
+    if not 0.0 <= cfg.random_words <= 1.0:
+        raise LlavakitError(f"--random-words is a share between 0 and 1, got {cfg.random_words}")
+    try:
+        cfg = replace(cfg, fonts=check_fonts(cfg.fonts))  # absolute paths: worker processes may start elsewhere
+    except ValueError as exc:
+        raise LlavakitError(str(exc)) from None
     cfg.train_weights()  # a bad --family-weight fails here, before any image is written
     (out / "images").mkdir(parents=True, exist_ok=True)
     summary: dict = {"generator": SHAPES_GENERATOR, "version": 1, "config": {**cfg.__dict__,
-                                                                          "families": list(cfg.families)},
+                                                                          "families": list(cfg.families),
+                                                                          "fonts": list(cfg.fonts)},
                      "held_out": [list(p) for p in HELD_OUT], "families": list(cfg.families), "splits": {}}
     seen: dict[str, str] = {}
     for split in SPLITS:

@@ -22,6 +22,13 @@ tested on scenes drawn by other people's code):
   (``ImageFont.load_default(size=...)``, present on every Pillow with
   FreeType), in varied size, case, colour, stroke and a slight rotation, in an
   area no shape covers.
+* Reading beyond one font and 60 words (``fonts``, ``random_words``; off by
+  default, so existing datasets stay what they were): words drawn in TrueType
+  fonts given by path as well as the built-in one, and made-up words (letters
+  alternating consonant / vowel, 3-7 long) that no word list holds, so that a
+  model learns letters rather than the look of 60 words. A robustness probe drawn
+  with matplotlib's DejaVu fonts read 34-44% of its words before this
+  (``benchmarks/training.md``).
 * Everything random comes from the ``random.Random`` passed in, so a scene is
   a pure function of its seed.
 """
@@ -32,6 +39,7 @@ import colorsys
 import math
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -156,11 +164,15 @@ def sample_scene(
     n_objects: int | None = None,
     with_word: bool | None = None,
     must_include: tuple[str, str] | None = None,
+    fonts: tuple[str, ...] = (),
+    random_words: float = 0.0,
 ) -> Scene:
     """Sample a layout: 1-5 non-overlapping objects with distinct (colour, shape), maybe a word.
 
     ``allowed_pairs`` is where the train/test split of colour×shape combinations is
     enforced; ``must_include`` puts one given pair in the scene (held-out test items).
+    ``fonts`` (TrueType paths) and ``random_words`` (the share of made-up words) widen
+    the reading task; at their defaults ``rng`` is drawn exactly as before.
     """
     if with_word is None:
         with_word = rng.random() < 0.35
@@ -171,8 +183,10 @@ def sample_scene(
     word_style: dict = {}
     occupied: list[tuple[float, float, float, float]] = []  # boxes shapes must avoid
     if with_word:
-        word = rng.choice(WORDS)
+        word = random_word(rng) if random_words and rng.random() < random_words else rng.choice(WORDS)
         word_style = _sample_word_style(rng, size, dark_background=sum(background["a"]) < 384)
+        if fonts:  # None = the built-in font, which stays one of the choices
+            word_style["font"] = rng.choice((None, *fonts))
         w, h = _word_extent(word_style, word)
         x0 = rng.uniform(0.04 * size, max(0.04 * size, size * 0.96 - w))
         y0 = rng.uniform(0.04 * size, max(0.04 * size, size * 0.96 - h))
@@ -254,13 +268,34 @@ def _sample_word_style(rng: random.Random, size: int, dark_background: bool) -> 
     }
 
 
-_FONTS: dict[int, ImageFont.FreeTypeFont] = {}
+_FONTS: dict[tuple[str | None, int], ImageFont.FreeTypeFont] = {}
+_VOWELS, _CONSONANTS = "aeiou", "bcdfghjklmnprstvwyz"
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    if size not in _FONTS:
-        _FONTS[size] = ImageFont.load_default(size=size)  # Pillow's bundled scalable font
-    return _FONTS[size]
+def random_word(rng: random.Random) -> str:
+    """A made-up word of 3-7 letters, consonants and vowels alternating (so it tokenizes like a word)."""
+    n = rng.randint(3, 7)
+    start = rng.random() < 0.5
+    return "".join(rng.choice(_VOWELS if (i % 2 == 0) == start else _CONSONANTS) for i in range(n))
+
+
+def _font(size: int, path: str | None = None) -> ImageFont.FreeTypeFont:
+    """The built-in scalable font (``path`` None) or a TrueType file, at ``size`` px (cached)."""
+    if (path, size) not in _FONTS:
+        _FONTS[path, size] = ImageFont.load_default(size=size) if path is None else ImageFont.truetype(path, size)
+    return _FONTS[path, size]
+
+
+def check_fonts(paths: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The given font files, each checked to load, as absolute paths (a clear error names a bad one)."""
+    checked = []
+    for path in paths:
+        try:
+            ImageFont.truetype(str(path), 12)
+        except OSError as exc:
+            raise ValueError(f"font {path} cannot be loaded ({exc}); give TrueType/OpenType files (.ttf, .otf)") from None
+        checked.append(str(Path(path).resolve()))
+    return tuple(checked)
 
 
 def _cased(word: str, case: str) -> str:
@@ -268,7 +303,8 @@ def _cased(word: str, case: str) -> str:
 
 
 def _word_extent(style: dict, word: str) -> tuple[float, float]:
-    x0, y0, x1, y1 = _font(style["font_size"]).getbbox(_cased(word, style["case"]), stroke_width=style["stroke"])
+    font = _font(style["font_size"], style.get("font"))
+    x0, y0, x1, y1 = font.getbbox(_cased(word, style["case"]), stroke_width=style["stroke"])
     w, h = (x1 - x0) * style.get("stretch", 1.0), y1 - y0
     pad = 2 + abs(style["angle"]) / 8 * 0.15 * w + abs(style.get("shear", 0.0)) * h
     return w + 2 * pad, h + 2 * pad
@@ -390,7 +426,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, ss: float, rng: ra
 def _draw_word(canvas: Image.Image, scene: Scene) -> None:
     style = scene.word_style
     text = _cased(scene.word or "", style["case"])
-    font = _font(style["font_size"])
+    font = _font(style["font_size"], style.get("font"))
     x0, y0, x1, y1 = scene.word_box or (0, 0, 0, 0)
     stroke_fill = (255, 255, 255) if sum(style["fill"]) < 384 else (0, 0, 0)
     box = (int(x1 - x0) + 1, int(y1 - y0) + 1)

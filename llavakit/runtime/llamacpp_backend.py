@@ -41,7 +41,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-from collections import OrderedDict
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -52,15 +51,12 @@ import openvino as ov
 from llavakit.errors import LlavakitError, ModelLoadError
 from llavakit.export import layout
 from llavakit.export.lm_gguf import find_ggufs, gguf_name
-from llavakit.runtime.chat_render import ChatRenderer
 from llavakit.runtime.llamacpp_amx import load_llama
-from llavakit.runtime.image_processing import ImageProcessor
 from llavakit.runtime.ov_backend import (
     PRECISE,
     OpenVINOBackend,
     OVPrompt,
     _common_prefix,
-    _eos_ids,
     pick_ov_device,
 )
 
@@ -181,19 +177,7 @@ class LlamaCppBackend(OpenVINOBackend):
         self.device = pick_ov_device(core, device)
         props = {**(PRECISE if precise else {}), **(properties or {})}
         self._vision = core.compile_model(model_dir / layout.VISION_EMBEDDINGS, self.device, props)
-        self._tokenizer = core.compile_model(model_dir / layout.TOKENIZER, "CPU")
-        self._detokenizer = core.compile_model(model_dir / layout.DETOKENIZER, "CPU")
-        self.image_token_id = int(config.get("image_token_id", config.get("image_token_index")))
-        self.max_context = int(n_ctx or text_config.get("max_position_embeddings", 4096))
-        self.eos_token_ids = _eos_ids(model_dir, text_config)
-        self.renderer = ChatRenderer.from_dir(model_dir)
-        self.image_processor = ImageProcessor.from_pretrained(model_dir)
-        self._added_prefix, self._added_suffix = self._auto_special_tokens()
-        self._state_keys: list[Hashable] = []
-        self._features: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.image_encode_s = 0.0
-        self.cached_tokens = 0
-        self._per_image: int | None = None
+        self._init_prompt_side(core, model_dir, config, max_context=n_ctx)
         self.n_threads = int(n_threads or default_threads())
         self._lib = llama_cpp
         self._llm = self._load(llama_cpp, text_config)

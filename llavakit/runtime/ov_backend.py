@@ -146,21 +146,8 @@ class OpenVINOBackend:
         self._lm = core.compile_model(language_model, self.device, self.lm_properties).create_infer_request()
         self._vision = compile_(layout.VISION_EMBEDDINGS)
         self._text = compile_(layout.TEXT_EMBEDDINGS)
-        self._tokenizer = core.compile_model(model_dir / layout.TOKENIZER, "CPU")
-        self._detokenizer = core.compile_model(model_dir / layout.DETOKENIZER, "CPU")
         config = json.loads((model_dir / layout.CONFIG).read_text())
-        text_config = config.get("text_config", {})
-        self.image_token_id = int(config.get("image_token_id", config.get("image_token_index")))
-        self.max_context = int(text_config.get("max_position_embeddings", 4096))
-        self.eos_token_ids = _eos_ids(model_dir, text_config)
-        self.renderer = ChatRenderer.from_dir(model_dir)
-        self.image_processor = self._load_image_processor(model_dir)
-        self._added_prefix, self._added_suffix = self._auto_special_tokens()
-        self._state_keys: list[Hashable] = []
-        self._features: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.image_encode_s = 0.0
-        self.cached_tokens = 0
-        self._per_image: int | None = None
+        self._init_prompt_side(core, model_dir, config)
         self.lora = AdapterSet(model_dir, {}) if (model_dir / LORA_MANIFEST).is_file() else None
         self._feature_caches: dict[Mix, OrderedDict[str, np.ndarray]] = {(): self._features}
         self._bound: tuple[Mix, Mix] | None = None  # (mix, projector mix) bound to the requests
@@ -200,6 +187,24 @@ class OpenVINOBackend:
             self._vision_factors = factors
         self._features = self._feature_caches.setdefault(projector, OrderedDict())
         self._bound = (mix, projector)
+
+    def _init_prompt_side(self, core: ov.Core, model_dir: Path, config: dict, max_context: int | None = None) -> None:
+        """What every backend of an export shares whatever runs its LM: tokenizers, chat template, image
+        processing, and the empty prompt state (the llama.cpp backend calls this, not ``__init__``)."""
+        text_config = config.get("text_config", {})
+        self._tokenizer = core.compile_model(model_dir / layout.TOKENIZER, "CPU")
+        self._detokenizer = core.compile_model(model_dir / layout.DETOKENIZER, "CPU")
+        self.image_token_id = int(config.get("image_token_id", config.get("image_token_index")))
+        self.max_context = int(max_context or text_config.get("max_position_embeddings", 4096))
+        self.eos_token_ids = _eos_ids(model_dir, text_config)
+        self.renderer = ChatRenderer.from_dir(model_dir)
+        self.image_processor = self._load_image_processor(model_dir)
+        self._added_prefix, self._added_suffix = self._auto_special_tokens()
+        self._state_keys: list[Hashable] = []
+        self._features: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.image_encode_s = 0.0
+        self.cached_tokens = 0
+        self._per_image: int | None = None
 
     def _load_image_processor(self, model_dir: Path) -> ImageProcessor | None:
         """The pixels-for-one-image step; subclasses with their own (LLaVA-NeXT tiles) return None."""

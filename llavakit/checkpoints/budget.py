@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import warnings
 from importlib.resources import files
 from pathlib import Path
 
@@ -165,7 +166,9 @@ def ensure_budget_model(root: Path | None = None) -> Path:
         with torch.no_grad():
             emb = model.get_input_embeddings().weight  # (V, D)
             emb[start: start + rows["rows"].shape[0]] = rows["rows"]
-        model = PeftModel.from_pretrained(model, str(parts / "adapter")).merge_and_unload()
+        with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing: noise here
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = PeftModel.from_pretrained(model, str(parts / "adapter")).merge_and_unload()
         processor = AutoProcessor.from_pretrained(base_dir)
         with atomic_directory(out) as target:
             model.save_pretrained(target)

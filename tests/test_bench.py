@@ -29,14 +29,17 @@ def test_quick_bench_end_to_end(tmp_path):
     data = json.loads((out / "bench.json").read_text())
     assert data["errors"] == {}, data["errors"]
     assert data == json.loads(json.dumps(report, default=str))
-    assert set(data["ratios"]["genai-sdpa"]) == {"decode_tokens_per_s", "ttft_s_cold", "ttft_s_warm", "peak_rss_mb"}
+    assert set(data["ratios"]["genai-sdpa"]) == {"decode_tokens_per_s", "ttft_s_cold", "ttft_s_warm", "ttft_s_followup",
+                                                 "peak_rss_mb"}
     assert all(value > 0 for value in data["ratios"]["genai-sdpa"].values())
     for name in ("llavakit", "genai-sdpa"):
         engine = data["engines"][name]
         assert engine["generated_tokens_cold"] == engine["generated_tokens_warm"] == 8  # eos ignored by both
         assert engine["prompt_tokens_cold"] == data["engines"]["llavakit"]["prompt_tokens_cold"]  # the same prompt
         assert engine["peak_rss_mb"] > 0
-    assert data["engines"]["llavakit"]["cached_tokens_warm"] > data["engines"]["llavakit"]["cached_tokens_cold"]
+    ours = data["engines"]["llavakit"]
+    assert ours["cached_tokens_warm"] > ours["cached_tokens_followup"] > ours["cached_tokens_cold"]  # image reused
+    assert ours["prompt_tokens_followup"] != ours["prompt_tokens_cold"]  # a new question
     floor = data["floor"]
     assert floor["bandwidth_gbps"] > 0 and floor["bytes_per_token"] > 0
     assert 0 < floor["engines"]["llavakit"]["fraction_of_floor"]
@@ -59,11 +62,18 @@ def test_unknown_peer_or_lever_is_refused(tmp_path):
 
 
 def test_workload_is_new_per_cold_request_and_repeated_when_warm():
+    from llavakit.eval.bench_workers import request_for
+
     steps = workload(3)
-    assert [s["kind"] for s in steps] == ["warmup", "cold", "warm", "cold", "warm", "cold", "warm"]
+    assert [s["kind"] for s in steps] == ["warmup"] + ["cold", "warm", "followup"] * 3
     colds = [s["index"] for s in steps if s["kind"] == "cold"]
     assert len(set(colds)) == 3 and 0 not in colds
     assert [s["index"] for s in steps if s["kind"] == "warm"] == colds
+    cold, warm, followup = steps[1:4]
+    assert request_for(cold)[1] == request_for(warm)[1] != request_for(followup)[1]  # a new question
+    assert np.array_equal(np.asarray(request_for(cold)[0]), np.asarray(request_for(followup)[0]))  # same image
+    asked = {request_for(s)[1] for s in steps if s["kind"] != "warm"}
+    assert len(asked) == len(steps) - 3  # no question repeats but the warm ones
     images = [np.asarray(bench_image(i)) for i in range(4)]
     assert all(not np.array_equal(images[0], im) for im in images[1:])
     assert np.array_equal(np.asarray(bench_image(2)), images[2])

@@ -422,6 +422,7 @@ _VLM_METRICS = (
     ("decode_tokens_per_s", "decode", "tok/s", "higher"),
     ("ttft_s_cold", "TTFT cold", "s", "lower"),
     ("ttft_s_warm", "TTFT warm", "s", "lower"),
+    ("ttft_s_followup", "TTFT same image, new question", "s", "lower"),
     ("peak_rss_mb", "peak RSS", "MiB", "lower"),
 )
 _LM_METRICS = (

@@ -72,17 +72,19 @@ def _lever_rows(report: dict) -> list[tuple[str, ...]]:
     return rows
 
 
-_ENGINE_COLUMNS = ("engine", "load", "peak RSS", "TTFT cold", "TTFT warm", "decode", "prompt tokens", "background")
+_ENGINE_COLUMNS = ("engine", "load", "peak RSS", "TTFT cold", "TTFT warm", "TTFT same image", "decode", "prompt tokens",
+                   "background")
 
 
 def _engine_rows(report: dict) -> list[tuple[str, ...]]:
     rows = []
     for name, e in report["engines"].items():
         if "error" in e:
-            rows.append((name, "error: " + e["error"][:100], *[""] * 6))
+            rows.append((name, "error: " + e["error"][:100], *[""] * 7))
             continue
         rows.append((name, _fmt(e.get("load_s"), "s"), _fmt(e.get("peak_rss_mb"), "MiB"),
                      _fmt(e.get("ttft_s_cold", e.get("prefill_s")), "s"), _fmt(e.get("ttft_s_warm"), "s"),
+                     _fmt(e.get("ttft_s_followup"), "s"),
                      _fmt(e.get("decode_tokens_per_s"), "tok/s"),
                      _fmt_int(e.get("prompt_tokens_cold", e.get("prompt_tokens", e.get("n_prompt")))),
                      _fmt_share(e.get("background_cpu_share"))))

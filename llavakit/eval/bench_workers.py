@@ -11,7 +11,10 @@ and reads the result back. A worker that fails writes ``{"error": ...}``.
 
 Every engine sees the same work (:func:`workload`): a warm-up generation, then
 per repeat one *cold* request (an image and a question no engine has seen in
-this process) and one *warm* request (that same image and question again).
+this process), one *warm* request (that same image and question again) and one
+*follow-up* (that same image with a new question: what a user asking several
+things about one picture sends; an engine can reuse the image's features and the
+cached prefix up to the end of the image, but not the question).
 Times are wall-clock from the call to the first generated token (TTFT, image
 preprocessing and tokenization included) and decode tokens/s over the tokens
 after the first. Engines that report their own figures have those recorded
@@ -67,12 +70,24 @@ def question(index: int) -> str:
     return text if index < len(QUESTIONS) else f"{text} (Question {index}.)"
 
 
+#: Question index offset of a follow-up: a question no other request of the run asks.
+FOLLOWUP_OFFSET = 500
+#: Request kinds that are summarized (medians per kind); the warm-up is recorded but not summarized.
+KINDS = ("cold", "warm", "followup")
+
+
 def workload(repeats: int) -> list[dict]:
-    """The requests every engine runs, in order: warm-up, then (cold, warm) per repeat."""
+    """The requests every engine runs, in order: warm-up, then (cold, warm, follow-up) per repeat."""
     steps = [{"kind": "warmup", "index": 0}]
     for r in range(repeats):
-        steps += [{"kind": "cold", "index": r + 1}, {"kind": "warm", "index": r + 1}]
+        steps += [{"kind": kind, "index": r + 1} for kind in KINDS]
     return steps
+
+
+def request_for(step: dict) -> tuple[Any, str]:
+    """The (image, question) of a workload step: a follow-up keeps its repeat's image with a new question."""
+    offset = FOLLOWUP_OFFSET if step["kind"] == "followup" else 0
+    return bench_image(step["index"]), question(step["index"] + offset)
 
 
 def _status_mb(field: str) -> float | None:
@@ -113,9 +128,9 @@ def _median(values: list[float]) -> float | None:
 
 
 def summarize(runs: list[dict]) -> dict:
-    """Medians of the cold and warm runs (the warm-up is recorded but not summarized)."""
+    """Medians per request kind (cold, warm, follow-up); the warm-up is recorded but not summarized."""
     out: dict[str, Any] = {}
-    for kind in ("cold", "warm"):
+    for kind in KINDS:
         picked = [r for r in runs if r["kind"] == kind]
         if not picked:
             continue
@@ -331,7 +346,7 @@ def task_llavakit(spec: dict) -> dict:
     rss_loaded = rss_mb()
     runs = []
     for step in workload(spec["repeats"]):
-        image, text = bench_image(step["index"]), question(step["index"])
+        image, text = request_for(step)
         begin = time.perf_counter()
         generation = pipe.stream(text, images=[image], max_new_tokens=tokens_for(step, spec["max_new_tokens"]),
                                  ignore_eos=True)  # random weights may pick eos early: a fixed token count
@@ -365,7 +380,7 @@ def task_genai(spec: dict) -> dict:
     rss_loaded = rss_mb()
     runs = []
     for step in workload(spec["repeats"]):
-        image, text = bench_image(step["index"]), question(step["index"])
+        image, text = request_for(step)
         config = genai.GenerationConfig()
         config.max_new_tokens = tokens_for(step, spec["max_new_tokens"])
         config.do_sample = False
@@ -438,10 +453,10 @@ def task_transformers(spec: dict) -> dict:
 
     runs = []
     for step in workload(spec["repeats"]):
-        if step["kind"] == "warm" and not spec.get("warm", False):
-            continue  # transformers keeps nothing between calls: warm equals cold
+        if step["kind"] in ("warm", "followup") and not spec.get("warm", False):
+            continue  # transformers keeps nothing between calls: warm and follow-up equal cold
         n = tokens_for(step, spec["max_new_tokens"])
-        image, text = bench_image(step["index"]), question(step["index"])
+        image, text = request_for(step)
         clock = Clock()
         begin = time.perf_counter()
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]

@@ -464,6 +464,7 @@ def test_export_tiny_llava_hidden_32(tiny_llava, tmp_path):
     assert describe_precision(out / "openvino_text_embeddings_model.xml") == "INT8"
     report = json.loads((out / "llavakit_export.json").read_text())
     assert report["calibration"] == "shapes"
+    assert json.loads((out / "llavakit_build.json").read_text()) == {"calibration": "shapes"}  # carried along
     assert report["parts"]["language model"]["precision"].startswith("INT4_SYM g64/g32")
 
 

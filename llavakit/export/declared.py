@@ -7,6 +7,9 @@ A model may carry ``llavakit_build.json`` (the default models ``nano`` and ``bud
     "export": {"int4": {...}}        CompressionOptions fields applied when that precision is exported:
                                      on first use (``Pipeline(dir, weights=...)``), by ``llavakit eval``
                                      and by ``llavakit export`` (where a flag given wins; ``export_recipe``)
+    "image_fit": "pad-border"        a picture that is not square is padded to a square with its border
+                                     colour before the image processor, instead of being centre-cropped by
+                                     it (``runtime/image_fit.py``; the export carries this file along)
 
 ``llavakit train`` writes the file for what it trains: the base model's declarations carry over, and a model
 trained on ``llavakit data shapes`` output declares shapes world (``trained_build_info``).

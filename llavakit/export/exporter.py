@@ -42,7 +42,7 @@ from llavakit.export.compress import (
     save_as_fp16,
 )
 from llavakit.export.convert import convert_language_model, convert_text_embeddings, convert_vision
-from llavakit.export.declared import SYNTHETIC, default_calibration
+from llavakit.export.declared import BUILD_INFO, SYNTHETIC, default_calibration
 
 SUPPORTED = ("llava", "llava_next", "moe_llava")
 
@@ -164,7 +164,8 @@ def _write_configs(source: Path, processor, out: Path) -> None:
     image_processor = processor.image_processor.to_dict()
     image_processor["image_processor_type"] = type(processor.image_processor).__name__.removesuffix("Pil")
     (out / layout.PREPROCESSOR_CONFIG).write_text(json.dumps(image_processor, indent=2) + "\n")
-    for name in ("processor_config.json", layout.CHAT_TEMPLATE):  # the LLaVA processor settings, the template
+    # the LLaVA processor settings, the template, and the model's declarations (its image fit: runtime/image_fit.py)
+    for name in ("processor_config.json", layout.CHAT_TEMPLATE, BUILD_INFO):
         if (source / name).is_file():
             shutil.copyfile(source / name, out / name)
 

@@ -23,6 +23,7 @@ from typing import Any
 from llavakit.checkpoints.resolve import resolve_source
 from llavakit.errors import ContextOverflowError, LlavakitError
 from llavakit.images import load_images
+from llavakit.runtime.image_fit import apply_fit, declared_fit
 from llavakit.runtime.generate import Generation, start_generation
 from llavakit.runtime.prompt import count_images, user_content
 from llavakit.runtime.types import GenerationConfig, GenerationResult
@@ -61,6 +62,7 @@ class Pipeline:
         self.speculative = None  # a SpeculativeDecoder when ``draft`` is given (runtime/speculative.py)
 
         self.model_dir = resolve_source(model, "model")
+        self.image_fit = declared_fit(self.model_dir)  # how a non-square picture becomes square (image_fit.py)
         self.backend_name = backend or "auto"
         if self.backend_name not in BACKENDS:
             raise LlavakitError(f"unknown backend {self.backend_name!r}; available: {list(BACKENDS)}")
@@ -145,7 +147,7 @@ class Pipeline:
 
         mix = parse_spec(adapter, self.adapters)
         cfg = make_config(**settings)
-        prepared = self.backend.prepare(messages, images)
+        prepared = self.backend.prepare(messages, apply_fit(images, self.image_fit))
         prepared.adapter = mix
         if self.speculative is not None:
             generation = self.speculative.start(prepared, cfg)

@@ -91,6 +91,16 @@ def _engine_rows(report: dict) -> list[tuple[str, ...]]:
     return rows
 
 
+def _simple_table(table_class: Any, title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Any:
+    """A rich table whose first column (a name) is left-aligned and the rest (numbers) right-aligned."""
+    table = table_class(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def print_report(report: dict, console: Any) -> None:
     """The comparison tables, the bandwidth floor, the levers, and any errors."""
     from rich.table import Table
@@ -111,12 +121,7 @@ def print_report(report: dict, console: Any) -> None:
             table.add_row(*row)
             previous = row[0]
         console.print(table)
-    t = Table(title="each engine, absolute (medians)")
-    for column in _ENGINE_COLUMNS:
-        t.add_column(column, justify="left" if column == "engine" else "right")
-    for row in _engine_rows(report):
-        t.add_row(*row)
-    console.print(t)
+    console.print(_simple_table(Table, "each engine, absolute (medians)", _ENGINE_COLUMNS, _engine_rows(report)))
     floor = report.get("floor")
     if floor:
         t = Table(title=f"decode vs the bandwidth floor ({floor['bandwidth_gbps']:.1f} GB/s measured; "
@@ -130,12 +135,7 @@ def print_report(report: dict, console: Any) -> None:
                       f"{e['fraction_of_floor']:.0%}")
         console.print(t)
     if report.get("levers"):
-        t = Table(title="levers (LM alone, same prompt ids)")
-        for column in _LEVER_COLUMNS:
-            t.add_column(column, justify="left" if column == "lever" else "right")
-        for row in _lever_rows(report):
-            t.add_row(*row)
-        console.print(t)
+        console.print(_simple_table(Table, "levers (LM alone, same prompt ids)", _LEVER_COLUMNS, _lever_rows(report)))
     agreement = report.get("agreement")
     if agreement and "agreement" in agreement:
         t = Table(title=f"top-1 agreement with fp32 transformers, teacher-forced ({agreement['model']}, "

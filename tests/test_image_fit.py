@@ -35,6 +35,12 @@ def test_pad_to_square_border_keeps_everything_and_fills_with_the_background() -
     same = Image.new("RGB", (32, 32), "blue")
     assert pad_to_square_border(same) is same and apply_fit([same], "pad-border")[0] is same
     assert apply_fit([wide], "processor") == [wide]
+    clear = Image.new("RGBA", (40, 20), (0, 0, 0, 0))  # fully transparent: white, as the processor would see it
+    assert tuple(np.asarray(pad_to_square_border(clear))[0, 0]) == (255, 255, 255)
+    huge_aspect = pad_to_square_border(Image.new("L", (300, 2), 128))  # a grey strip, mode L
+    assert huge_aspect.size == (300, 300) and huge_aspect.mode == "RGB"
+    strip = pad_to_square_border(Image.new("RGB", (20000, 10), "white"))  # legal to decode; padded it would be 1.2 GB
+    assert strip.size == (4096, 4096)
 
 
 def test_declared_fit(tmp_path: Path) -> None:

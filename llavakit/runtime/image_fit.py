@@ -24,9 +24,14 @@ from PIL import Image
 
 from llavakit.errors import ModelLoadError
 from llavakit.export.declared import build_info
+from llavakit.runtime.image_processing import convert_to_rgb
 
 #: "processor": leave the picture to the image processor; "pad-border": pad to a square with its border colour.
 FITS = ("processor", "pad-border")
+#: Longest side of the padded square. A picture with a longer side is scaled down first: a legal 64-megapixel
+#: strip (64000 x 1000) would otherwise become a 12 GB canvas. The processor then shrinks it to a few hundred
+#: pixels anyway, so nothing a vision tower could see is lost.
+MAX_SIDE = 4096
 
 
 def declared_fit(model_dir: str | Path) -> str:
@@ -41,12 +46,17 @@ def pad_to_square_border(image: Image.Image) -> Image.Image:
     """``image`` centred on a square of its long edge filled with the median colour of its edge pixels."""
     if image.width == image.height:
         return image
-    rgb = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+    image = convert_to_rgb(image)  # transparency over white first, as the processor would (not dropped)
+    if max(image.size) > MAX_SIDE:
+        scale = MAX_SIDE / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BICUBIC)
+    rgb = np.asarray(image)  # (H, W, 3) uint8
     edges = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])  # (2W + 2H, 3)
     fill = tuple(int(v) for v in np.median(edges, axis=0))
     side = max(image.width, image.height)
     canvas = Image.new("RGB", (side, side), fill)
-    canvas.paste(image.convert("RGB"), ((side - image.width) // 2, (side - image.height) // 2))
+    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     return canvas
 
 

@@ -299,11 +299,16 @@ class ImageProcessor:
             if image.mode != "RGB":
                 raise ImageError(f"image mode {image.mode!r} is not RGB and the processor has do_convert_rgb off")
             return image
-        if "A" in image.getbands() or image.info.get("transparency") is not None:
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return image.convert("RGB")
+        return convert_to_rgb(image)
+
+
+def convert_to_rgb(image: Image.Image) -> Image.Image:
+    """transformers' ``convert_to_rgb``: transparency (alpha band or a tRNS colour) goes over white."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def center_crop(pixels: np.ndarray, crop_hw: tuple[int, int]) -> np.ndarray:

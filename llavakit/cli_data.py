@@ -41,10 +41,11 @@ def shapes(
 ) -> None:
     """Generate the shapes-world visual-QA set (LLaVA JSON and HF messages JSONL)."""
     from llavakit.data.shapes import ShapesConfig, generate_shapes
+    from llavakit.data.shapes.generate import font_files
 
     cfg = ShapesConfig(train=train, val=val, test=test, seed=seed, image_size=image_size, multi_turn=multi_turn,
                        heldout_share=heldout_share, text_captions=text_captions,
-                       fonts=_font_files(fonts) if fonts else (), random_words=random_words,
+                       fonts=font_files(fonts) if fonts else (), random_words=random_words,
                        family_weights=_parse_weights(family_weight or []),
                        families=tuple(f.strip() for f in families.split(",") if f.strip()))
     summary = generate_shapes(out_dir, cfg, workers=workers, force=force, progress=True)
@@ -55,18 +56,6 @@ def shapes(
     out.print(f"wrote {out_dir}/{{train,val,test}}.json (LLaVA) and .jsonl (HF messages), images/ and dataset.json")
     if text_captions:
         out.print(f"wrote {out_dir}/text_captions.json: {text_captions} text-only caption samples")
-
-
-def _font_files(folder: Path) -> tuple[str, ...]:
-    """The .ttf / .otf files in ``folder`` (sorted: the same folder gives the same data set)."""
-    from llavakit.errors import LlavakitError
-
-    if not folder.is_dir():
-        raise LlavakitError(f"--fonts {folder} is not a folder")
-    files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".ttf", ".otf"))
-    if not files:
-        raise LlavakitError(f"--fonts {folder} holds no .ttf or .otf file")
-    return tuple(files)
 
 
 def _parse_weights(items: list[str]) -> tuple[tuple[str, float], ...]:

@@ -82,6 +82,9 @@ GROUP_SIZE_FALLBACKS = ("adjust", "ignore", "error")
 PARTS = ("language", "vision", "text_embeddings")
 #: The data-aware 4-bit methods: CompressionOptions fields named as ``nncf.compress_weights`` arguments.
 DATA_AWARE = ("awq", "scale_estimation", "gptq", "lora_correction")
+#: How the export report names each of them.
+DATA_AWARE_NAMES = {"awq": "AWQ", "scale_estimation": "scale estimation", "gptq": "GPTQ",
+                    "lora_correction": "LoRA correction"}
 
 #: Dataset key NNCF's OpenVINO engine reads to decide whether to reset the model state before an item.
 RESET_STATE_KEY = "nncf_reset_state"
@@ -174,9 +177,7 @@ class CompressionOptions:
         The graph alone cannot show them (AWQ and scale estimation only change the values of the 4-bit weights),
         so the report would otherwise describe an AWQ export exactly like a data-free one.
         """
-        names = {"awq": "AWQ", "scale_estimation": "scale estimation", "gptq": "GPTQ",
-                 "lora_correction": "LoRA correction"}
-        return "".join(f" + {names[name]}" for name in DATA_AWARE if getattr(self, name))
+        return "".join(f" + {DATA_AWARE_NAMES[name]}" for name in DATA_AWARE if getattr(self, name))
 
 
 def save_as_fp16(opts: CompressionOptions, part: str) -> bool:

@@ -181,11 +181,12 @@ class VisionHeads(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         pooled = tokens.mean(dim=1)  # (B, C)
+        text = self.text(tokens)  # (B, P, 2)
         # letters are read from the text patches: their mean, weighted by the text head's own belief
-        text_w = self.text(tokens).float().softmax(-1)[..., 1:].detach()  # (B, P, 1), no gradient into the weights
+        text_w = text.float().softmax(-1)[..., 1:].detach()  # (B, P, 1), no gradient into the weights
         text_pool = (tokens * text_w).sum(1) / text_w.sum(1).clamp(min=1e-3)  # (B, C)
         return {"letters": self.letters(text_pool).view(tokens.shape[0], MAX_LETTERS, END + 1),  # (B, L, 27)
-                "color": self.color(tokens), "shape": self.shape(tokens), "text": self.text(tokens),  # (B, P, k)
+                "color": self.color(tokens), "shape": self.shape(tokens), "text": text,  # (B, P, k)
                 "row": self.row(tokens), "col": self.col(tokens),  # (B, P, G): where the token is
                 "word": self.word(pooled),  # (B, W+1)
                 "counts": self.counts(pooled).view(tokens.shape[0], len(COUNT_KEYS), MAX_COUNT + 1)}  # (B, K, 7)

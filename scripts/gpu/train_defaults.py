@@ -60,9 +60,9 @@ def cmd_vision(a: argparse.Namespace) -> None:
     init = make_random_vision("clip", work / "vision_init", VisionShape(**shape), seed=a.seed)
     grid = shape["image_size"] // shape["patch_size"]
     t0 = time.time()
-    from llavakit.data.shapes.scene import check_fonts
+    from llavakit.data.shapes.generate import checked_fonts, font_files
 
-    fonts = check_fonts(sorted(str(p) for p in Path(a.fonts).glob("*.[ot]tf"))) if a.fonts else ()
+    fonts = checked_fonts(font_files(a.fonts)) if a.fonts else ()
     widen = {"fonts": fonts, "random_words": a.random_words}  # reading beyond one font and 60 words
     train = render_scenes(a.scenes, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers, **widen)
     held = render_scenes(2000, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers, heldout=True,

@@ -110,6 +110,25 @@ def _train_weights(overrides: tuple[tuple[str, float], ...]) -> dict[str, float]
     return weights
 
 
+def font_files(folder: str | Path) -> tuple[str, ...]:
+    """The .ttf / .otf files in ``folder``, sorted (the same folder, the same data set); ``checked_fonts`` loads them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LlavakitError(f"--fonts {folder} is not a folder")
+    files = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in (".ttf", ".otf"))
+    if not files:
+        raise LlavakitError(f"--fonts {folder} holds no .ttf or .otf file")
+    return tuple(files)
+
+
+def checked_fonts(paths: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The fonts as absolute paths, each checked to load; a bad one is a clear LlavakitError."""
+    try:
+        return check_fonts(paths)  # absolute paths: worker processes may start elsewhere
+    except ValueError as exc:
+        raise LlavakitError(str(exc)) from None
+
+
 def allowed_pairs(split: str) -> list[tuple[str, str]]:
     pairs = [(c, s) for c in COLORS for s in SHAPES]
     return pairs if split == "test" else [p for p in pairs if p not in HELD_OUT]
@@ -222,10 +241,7 @@ def generate_shapes(out: Path | str, cfg: ShapesConfig, *, workers: int = 1, for
         raise LlavakitError(f"--image-size must be between 32 and 1024 pixels, got {cfg.image_size}")
     if not 0.0 <= cfg.random_words <= 1.0:
         raise LlavakitError(f"--random-words is a share between 0 and 1, got {cfg.random_words}")
-    try:
-        cfg = replace(cfg, fonts=check_fonts(cfg.fonts))  # absolute paths: worker processes may start elsewhere
-    except ValueError as exc:
-        raise LlavakitError(str(exc)) from None
+    cfg = replace(cfg, fonts=checked_fonts(cfg.fonts))
     cfg.train_weights()  # a bad --family-weight fails here, before any image is written
     (out / "images").mkdir(parents=True, exist_ok=True)
     summary: dict = {"generator": SHAPES_GENERATOR, "version": 1, "config": {**cfg.__dict__,

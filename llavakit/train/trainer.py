@@ -33,7 +33,9 @@ Design decisions:
   (``flash_attention_2``/``flash_attention_3``); with any other kernel samples
   would attend to each other and change the loss, so it is refused.
   Gradient clipping is folded into the fused AdamW step where that is exact
-  (``fused_clip``: one pass over the gradients fewer).
+  (``fused_clip``: one pass over the gradients fewer), and the step never
+  waits for the GPU (``sync_free``: the loss filter on the device,
+  non-blocking batch copies), so the CPU launches step N+1 while step N runs.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llavakit.errors import LlavakitError
 from llavakit.export.declared import BUILD_INFO, trained_build_info, write_build_info
-from llavakit.train import checkpoints, fused_clip
+from llavakit.train import checkpoints, fused_clip, sync_free
 from llavakit.train.callbacks import (
     CommitCheckpointCallback,
     CsvLogCallback,
@@ -238,6 +240,7 @@ def prepare_model(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.nn.Modu
 
 def training_arguments(recipe: Recipe, output_dir: Path, evaluate: bool = False) -> TrainingArguments:
     """The recipe as ``TrainingArguments`` (works on transformers 5.17 through 5.23)."""
+    pin = torch.cuda.is_available()
     kwargs: dict[str, Any] = dict(  # noqa: C408 (keyword form reads like TrainingArguments)
         output_dir=str(output_dir),
         per_device_train_batch_size=recipe.batch_size,
@@ -259,7 +262,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, evaluate: bool = False)
         dataloader_num_workers=recipe.dataloader_workers,
         train_sampling_strategy="group_by_length" if recipe.group_by_length else "random",
         remove_unused_columns=False,  # the collator makes the batch; nothing to drop
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=pin,
         include_num_input_tokens_seen="non_padding",
         ddp_find_unused_parameters=recipe.stage == "moe",  # an expert may get no token in a step
         report_to="none",
@@ -268,6 +271,8 @@ def training_arguments(recipe: Recipe, output_dir: Path, evaluate: bool = False)
         # when told to use the CPU
         use_cpu=not torch.cuda.is_available() and (int(os.environ.get("WORLD_SIZE", "1")) > 1 or recipe.bf16),
     )
+    if sync_free.accelerator_config(pin):  # batch copies that do not sync (sync_free.py)
+        kwargs.update(accelerator_config=sync_free.accelerator_config(pin))
     if evaluate:
         kwargs.update(eval_strategy="steps", eval_steps=recipe.eval_steps or recipe.save_steps,
                       per_device_eval_batch_size=recipe.batch_size)
@@ -297,10 +302,31 @@ class LlavakitTrainer(Trainer):
                                         lengths=self._lengths, generator=generator)
         return super()._get_train_sampler(train_dataset)
 
+    _device_loss_filter = False  # while training: llavakit filters non-finite step losses (sync_free.py)
+
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        """``Trainer.train`` with the LLaVA forward traceable as one graph (see ``compile_ready``)."""
-        with compile_ready(self.model):
-            return super().train(*args, **kwargs)
+        """``Trainer.train`` with the LLaVA forward traceable as one graph (see ``compile_ready``) and a step
+        that never waits for the GPU (see ``sync_free``)."""
+        with compile_ready(self.model), sync_free.device_loss_filter(self) as own:
+            self._device_loss_filter = own
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                self._device_loss_filter = False
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        """The Trainer's step; a NaN/inf loss replaced on the device, as transformers would on the host."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        running = getattr(self, "_tr_loss", None)
+        if self._device_loss_filter and torch.is_tensor(running):
+            loss = sync_free.finite_or_running_mean(loss, running,
+                                                    self.state.global_step - self._globalstep_last_logged)
+        return loss
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """Evaluation keeps transformers' own non-finite filter (it drops bad eval losses)."""
+        with sync_free.host_loss_filter(self, self._device_loss_filter):
+            return super().evaluation_loop(*args, **kwargs)
 
     def _clip_grad_norm(self, model: Any) -> Any:
         """Clip inside the fused optimizer step where that is exact (``fused_clip``), else the Trainer's way."""

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from llavakit.data.shapes.generate import HELD_OUT, allowed_pairs
 from llavakit.data.shapes.scene import COLORS, SHAPES, WORDS, render, sample_scene
@@ -68,13 +69,17 @@ def test_pretrain_learns_and_saves_a_plain_clip_tower(parts, tmp_path):
     images, labels = render_scenes(64, size=size, grid=grid)
     summary = pretrain_vision(parts("vision", "clip"), tmp_path / "tower", images, labels,
                               PretrainConfig(steps=40, batch=32, lr=3e-3, warmup=5, log_every=10), device="cpu",
-                              eval_set=(images[:32], {k: v[:32] for k, v in labels.items()}))
+                              eval_set=(images[:32], {k: v[:32] for k, v in labels.items()}),
+                              other_evals={"plain": (images[32:], {k: v[32:] for k, v in labels.items()})})
     losses = [row["loss"] for row in summary["curve"]]
     assert losses[-1] < losses[0]
     assert set(summary["accuracy"]) == {"color", "shape", "word", "letters", "counts", "pos"}
     tower = CLIPVisionModel.from_pretrained(tmp_path / "tower")  # heads are not part of the saved model
     assert not any("head" in k for k in tower.state_dict())
     assert (tmp_path / "tower" / "vision_pretrain.json").is_file()
+    assert set(summary["accuracy_plain"]) == set(summary["accuracy"])
+    heads = load_file(str(tmp_path / "tower_heads.safetensors"))  # kept beside the tower, to re-score it later
+    assert "counts.weight" in heads and "letters.weight" in heads
 
 
 def test_wrong_image_size_is_a_clear_error(parts, tmp_path):

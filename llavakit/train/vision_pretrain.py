@@ -310,10 +310,13 @@ class PretrainConfig:
 
 def pretrain_vision(vision_dir: str | Path, out_dir: str | Path, images: torch.Tensor, labels: dict[str, torch.Tensor],
                     cfg: PretrainConfig = PretrainConfig(), device: str | None = None,
-                    eval_set: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None) -> dict:
-    """Train the CLIP vision tower in ``vision_dir`` with the scene heads; save the tower (no heads) to ``out_dir``.
+                    eval_set: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None,
+                    other_evals: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None) -> dict:
+    """Train the CLIP vision tower in ``vision_dir`` with the scene heads; save the tower to ``out_dir`` and the
+    heads beside it (``<out_dir>_heads.safetensors``: not part of the LLaVA, kept to re-score the tower later).
 
-    Returns a summary: the loss curve (every ``log_every`` steps) and, with ``eval_set``, head accuracies.
+    Returns a summary: the loss curve (every ``log_every`` steps) and, with ``eval_set``, head accuracies;
+    ``other_evals`` adds ``accuracy_<name>`` for other held-out sets (e.g. scenes drawn without extra fonts).
     """
     from transformers import AutoImageProcessor, CLIPVisionModel
 
@@ -366,9 +369,16 @@ def pretrain_vision(vision_dir: str | Path, out_dir: str | Path, images: torch.T
         k = min(2000, n)  # the same heads on (the first) training scenes, to see the held-out gap
         summary["accuracy_train_scenes"] = head_accuracy(tower, heads, images[:k], {a: v[:k] for a, v in labels.items()},
                                                          proc.image_mean, proc.image_std)
+    for name, (other_images, other_labels) in (other_evals or {}).items():
+        summary[f"accuracy_{name}"] = head_accuracy(tower, heads, other_images, other_labels, proc.image_mean,
+                                                    proc.image_std)
     out = Path(out_dir)
     # Rounded through fp16: the committed towers are fp16, so what the LLaVA stages train on is what ships.
     tower.to(torch.float16).to(torch.float32).save_pretrained(out)
     proc.save_pretrained(out)
     (out / "vision_pretrain.json").write_text(json.dumps(summary, indent=1))
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()},
+              str(out.with_name(out.name + "_heads.safetensors")))
     return summary

@@ -31,6 +31,6 @@ fi
 wait $VPID; grep -v "it/s\]\|Warning\|warn(" $W/vision_log.txt | grep -v '^{' | tail -4
 grep '^{' $W/vision_log.txt | awk 'NR % 20 == 0' | tail -8
 [ -f $W/vision/config.json ] || exit 5
-cp $W/vision_log.txt $W/vision/; tar -C $W -cf $W/vision.tar vision
+cp $W/vision_log.txt $W/vision/; tar -C $W -cf $W/vision.tar vision $(cd $W && ls vision_heads.safetensors 2>/dev/null)
 # $OUT takes files of at most 16 MiB: the fp32 tower (~20 MB) comes back in parts (cat vision.tar.* > vision.tar)
 split -b 15M $W/vision.tar $OUT/vision.tar.; ls -la $OUT $W; echo "total ${SECONDS}s"

@@ -67,10 +67,15 @@ def cmd_vision(a: argparse.Namespace) -> None:
     train = render_scenes(a.scenes, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers, **widen)
     held = render_scenes(2000, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers, heldout=True,
                          **widen)
+    others = {}
+    if fonts or a.random_words:  # also scored on held-out scenes drawn the default way (one font, known words)
+        others["plain"] = render_scenes(2000, seed=a.seed, size=shape["image_size"], grid=grid, workers=a.workers,
+                                        heldout=True)
     log(f"rendered {a.scenes} + 2000 held-out scenes in {time.time() - t0:.0f} s")
     summary = pretrain_vision(init, Path(a.out), *train, PretrainConfig(steps=a.steps, batch=a.batch, lr=a.lr,
-                                                                        seed=a.seed), eval_set=held)
-    log(f"vision pretrain done in {summary['seconds']} s; held-out head accuracy {summary['accuracy']}")
+                                                                        seed=a.seed), eval_set=held, other_evals=others)
+    log(f"vision pretrain done in {summary['seconds']} s; held-out head accuracy {summary['accuracy']}"
+        + (f"; drawn the default way {summary['accuracy_plain']}" if "accuracy_plain" in summary else ""))
 
 
 def cmd_nano(a: argparse.Namespace) -> None:

@@ -44,6 +44,8 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
                                  awq=True, scale_estimation=True, calibration_size=64), SHAPES),
     "int4_g32_awq_se_lora": (dict(weights="int4", group_size=32, vision="int8", text_embeddings="int8", awq=True,
                                   scale_estimation=True, lora_correction=True, calibration_size=64), SHAPES),
+    "int4_g16_awq_se": (dict(weights="int4", group_size=16, vision="int8", text_embeddings="int8", awq=True,
+                             scale_estimation=True, calibration_size=64), SHAPES),
     "int4_g32_awq_lora": (dict(weights="int4", group_size=32, vision="int8", text_embeddings="int8", awq=True,
                                lora_correction=True, calibration_size=64), SHAPES),
 }

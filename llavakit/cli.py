@@ -143,7 +143,7 @@ def export(
              "scale_estimation": scale_estimation, "gptq": gptq, "lora_correction": lora_correction, "vision": vision,
              "text_embeddings": text_embeddings, "calibration_size": calibration_size}
     recipe, declared = export_recipe(resolve_source(model, "model"), weights, given)
-    if declared:  # budget declares its INT4 recipe (AWQ, group 32): say so, flags still win
+    if declared:  # budget declares its INT4 recipe (AWQ, group 16): say so, flags still win
         out.print("using the model's declared " + weights + " recipe: "
                   + ", ".join(f"{k}={v}" for k, v in declared.items()) + " (flags override)")
     options = CompressionOptions(**recipe)

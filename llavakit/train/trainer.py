@@ -271,8 +271,9 @@ def training_arguments(recipe: Recipe, output_dir: Path, evaluate: bool = False)
         # when told to use the CPU
         use_cpu=not torch.cuda.is_available() and (int(os.environ.get("WORLD_SIZE", "1")) > 1 or recipe.bf16),
     )
-    if sync_free.accelerator_config(pin):  # batch copies that do not sync (sync_free.py)
-        kwargs.update(accelerator_config=sync_free.accelerator_config(pin))
+    accelerator_config = sync_free.accelerator_config(pin)  # batch copies that do not sync (sync_free.py)
+    if accelerator_config:
+        kwargs.update(accelerator_config=accelerator_config)
     if evaluate:
         kwargs.update(eval_strategy="steps", eval_steps=recipe.eval_steps or recipe.save_steps,
                       per_device_eval_batch_size=recipe.batch_size)

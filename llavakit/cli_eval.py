@@ -16,8 +16,10 @@ def eval_cmd(
     model: Annotated[list[str], typer.Argument(help="HF-format LLaVA directory or OpenVINO export; several "
                                                     "(e.g. dense and MoE) give side-by-side columns.")],
     data: Annotated[Path, typer.Option(help="Test file: LLaVA JSON or HF messages (e.g. shapes test.json).")],
-    backend: Annotated[str, typer.Option(help="openvino or torch.")] = "openvino",
-    weights: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, int8, int4 (HF checkpoints "
+    backend: Annotated[str, typer.Option(help="openvino, llamacpp (the LM in llama.cpp; needs the bench extra) "
+                                              "or torch.")] = "openvino",
+    weights: Annotated[str, typer.Option(help="Comma-separated precisions: fp32, fp16, int8, int4; with --backend "
+                                              "llamacpp the LM's GGUF type: q4_k_m, q4_0, q8_0, ... (HF checkpoints "
                                               "are exported once per precision; an export runs as it is).")] = "fp32",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate the first N questions only.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Answer length (default 12; captions 64).")] = None,

@@ -142,3 +142,6 @@ def test_llavakit_eval_end_to_end(tiny_llava: Path, tiny_export: Path, tmp_path:
     bad = runner.invoke(app, ["eval", str(tiny_llava), "--data", str(tmp_path / "s" / "test.json"),
                               "--backend", "torch", "--weights", "int4"])
     assert bad.exit_code == 2 and "fp32 only" in bad.output
+    bad = runner.invoke(app, ["eval", str(tiny_llava), "--data", str(tmp_path / "s" / "test.json"),
+                              "--backend", "llamacpp", "--weights", "int4"])  # llama.cpp takes GGUF types
+    assert bad.exit_code == 2 and "q4_k_m" in bad.output

@@ -184,3 +184,26 @@ def test_amx_builds_load_without_the_crashing_amx_buffers(gguf_export: Path) -> 
         llm.eval([1, 2, 3])  # the first decode: where an AMX build crashed
     finally:
         llm.close()
+
+
+def test_eval_on_the_llamacpp_backend_answers_as_openvino(tiny_llava: Path, tmp_path: Path, monkeypatch) -> None:
+    """``llavakit eval --backend llamacpp --weights f32``: exported once with an F32 GGUF, same answers as OpenVINO."""
+    from typer.testing import CliRunner
+
+    from llavakit.cli import app
+    from llavakit.data.shapes import ShapesConfig, generate_shapes
+
+    monkeypatch.setenv("LLAVAKIT_CACHE", str(tmp_path / "cache"))
+    generate_shapes(tmp_path / "s", ShapesConfig(train=0, val=0, test=6, seed=3, image_size=64))
+    runner = CliRunner()
+    reports = {}
+    for backend, weights in (("llamacpp", "f32"), ("openvino", "fp32")):
+        result = runner.invoke(app, ["eval", str(tiny_llava), "--data", str(tmp_path / "s" / "test.json"),
+                                     "--backend", backend, "--weights", weights, "--limit", "4",
+                                     "--max-new-tokens", "3", "--json", str(tmp_path / f"{backend}.json")])
+        assert result.exit_code == 0, result.output
+        reports[backend] = json.loads((tmp_path / f"{backend}.json").read_text())["predictions"]
+    assert list(reports["llamacpp"]) == ["llamacpp-f32"]
+    same = [a["prediction"] == b["prediction"]
+            for a, b in zip(reports["llamacpp"]["llamacpp-f32"], reports["openvino"]["fp32"], strict=True)]
+    assert sum(same) >= 3  # eval runs both at default numerics (not precise): a near-tie may flip on a random model

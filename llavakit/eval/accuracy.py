@@ -284,7 +284,11 @@ PRECISIONS = {
 
 def open_variant(model: str | Path, backend: str, precision: str, calibration: str | None = None,
                  device: str | None = None):
-    """A Pipeline for ``model`` at ``precision``: exported once into the cache (OpenVINO) or as is (torch)."""
+    """A Pipeline for ``model`` at ``precision``: exported once into the cache (OpenVINO, llama.cpp) or as is (torch).
+
+    ``backend="llamacpp"``: ``precision`` is the language model's GGUF type (q4_k_m, q4_0, q8_0, ...); vision and
+    text embeddings are exported at INT8 as for OpenVINO, and the LM runs in llama.cpp (``export --lm-gguf``).
+    """
     from llavakit.checkpoints.resolve import resolve_source
     from llavakit.export.layout import is_exported
     from llavakit.runtime.pipeline import Pipeline
@@ -294,11 +298,19 @@ def open_variant(model: str | Path, backend: str, precision: str, calibration: s
         if precision != "fp32":
             raise LlavakitError(f"the torch backend evaluates fp32 only, not {precision!r}; use --backend openvino")
         return Pipeline(source, backend="torch", device=device)
-    if backend != "openvino":
-        raise LlavakitError(f"unknown backend {backend!r}; choose openvino or torch")
+    if backend not in ("openvino", "llamacpp"):
+        raise LlavakitError(f"unknown backend {backend!r}; choose openvino, llamacpp or torch")
     if is_exported(source):
-        return Pipeline(source, backend="openvino", device=device)
-    if precision not in PRECISIONS:
+        return Pipeline(source, backend=backend, device=device)
+    lm_gguf = None
+    if backend == "llamacpp":
+        from llavakit.export.lm_gguf import check_gguf_type
+
+        lm_gguf = check_gguf_type(precision)  # the LM in llama.cpp; everything else as the INT8 export
+        ir_precision = "int8"
+    elif precision in PRECISIONS:
+        ir_precision = precision
+    else:
         raise LlavakitError(f"unknown precision {precision!r}; choose from {sorted(PRECISIONS)}")
     from llavakit.checkpoints.demo import cache_dir
     from llavakit.export.cache import export_key
@@ -315,9 +327,10 @@ def open_variant(model: str | Path, backend: str, precision: str, calibration: s
         from llavakit.export.exporter import export_openvino
 
         nncf.set_log_level(logging.WARNING)
-        options = CompressionOptions(**{**PRECISIONS[precision], **export_recipe(source, precision)[0]})
-        export_openvino(source, target, options, calibration=calibration, force=True, show_progress=False)
-    return Pipeline(target, backend="openvino", device=device)
+        options = CompressionOptions(**{**PRECISIONS[ir_precision], **export_recipe(source, ir_precision)[0]})
+        export_openvino(source, target, options, calibration=calibration, force=True, show_progress=False,
+                        lm_gguf=lm_gguf)
+    return Pipeline(target, backend=backend, device=device)
 
 
 def pipeline_predictor(pipe: Any, max_new_tokens: int | None = None) -> Callable[[Item], str]:

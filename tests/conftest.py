@@ -7,10 +7,13 @@ layout, and loaded back through llavakit's real loading code.
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
@@ -83,3 +86,26 @@ def ov_pipeline(tiny_export: Path):
     from llavakit import Pipeline
 
     return Pipeline(tiny_export, precise=True)
+
+
+@pytest.fixture()
+def two_train_samples(tmp_path: Path) -> Path:
+    """Two shapes-world training samples as one LLaVA JSON with absolute image paths: a tiny training run's data."""
+    from llavakit.data.shapes import ShapesConfig, generate_shapes
+
+    generate_shapes(tmp_path / "shapes", ShapesConfig(train=2, val=0, test=0, image_size=32, seed=1))
+    rows = json.loads((tmp_path / "shapes" / "train.json").read_text())
+    for row in rows:
+        row["image"] = str(tmp_path / "shapes" / row["image"])
+    data = tmp_path / "two.json"
+    data.write_text(json.dumps(rows))
+    return data
+
+
+@pytest.fixture()
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the test (tiny models on 2 shared cores), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -43,30 +42,19 @@ def _run(tiny_llava: Path, data: Path, out: Path, optim: str) -> dict[str, torch
 
 
 def test_trainer_folds_clipping_into_fused_adamw(tiny_llava: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+                                                 caplog: pytest.LogCaptureFixture, two_train_samples: Path,
+                                                 one_torch_thread: None) -> None:
     """Same weights as the Trainer's own clip (max_grad_norm small enough to clip every step); used only if fused."""
-    from llavakit.data.shapes import ShapesConfig, generate_shapes
-
-    generate_shapes(tmp_path / "shapes", ShapesConfig(train=2, val=0, test=0, image_size=32, seed=1))
-    rows = json.loads((tmp_path / "shapes" / "train.json").read_text())
-    for row in rows:
-        row["image"] = str(tmp_path / "shapes" / row["image"])
-    data = tmp_path / "two.json"
-    data.write_text(json.dumps(rows))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model on 2 shared cores
-    try:
-        with caplog.at_level(logging.INFO, logger="llavakit.train"):
-            folded = _run(tiny_llava, data, tmp_path / "folded", "adamw_torch_fused")
-        assert "folded into the fused optimizer step" in caplog.text
-        caplog.clear()
-        with caplog.at_level(logging.INFO, logger="llavakit.train"):
-            _run(tiny_llava, data, tmp_path / "foreach", "adamw_torch")  # not fused: the Trainer's clip
-        assert "folded" not in caplog.text
-        monkeypatch.setattr(fused_clip, "fused_optimizer", lambda trainer, model: None)  # the reference path
-        reference = _run(tiny_llava, data, tmp_path / "reference", "adamw_torch_fused")
-    finally:
-        torch.set_num_threads(threads)
+    data = two_train_samples
+    with caplog.at_level(logging.INFO, logger="llavakit.train"):
+        folded = _run(tiny_llava, data, tmp_path / "folded", "adamw_torch_fused")
+    assert "folded into the fused optimizer step" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llavakit.train"):
+        _run(tiny_llava, data, tmp_path / "foreach", "adamw_torch")  # not fused: the Trainer's clip
+    assert "folded" not in caplog.text
+    monkeypatch.setattr(fused_clip, "fused_optimizer", lambda trainer, model: None)  # the reference path
+    reference = _run(tiny_llava, data, tmp_path / "reference", "adamw_torch_fused")
     assert folded.keys() == reference.keys()
     changed = [k for k in folded if not torch.equal(folded[k], load_file(str(tiny_llava / "model.safetensors"))[k])]
     assert changed  # it trained

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,17 +39,9 @@ def _logged_losses(tiny_llava: Path, data: Path, out: Path) -> list[float]:
 
 
 def test_trainer_filters_a_nan_step_loss_as_transformers_does(tiny_llava: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              two_train_samples: Path, one_torch_thread: None) -> None:
     """Step 2 reports NaN (its backward is real): the logged losses equal the host-side filter's, and are finite."""
-    from llavakit.data.shapes import ShapesConfig, generate_shapes
-
-    generate_shapes(tmp_path / "shapes", ShapesConfig(train=2, val=0, test=0, image_size=32, seed=1))
-    rows = json.loads((tmp_path / "shapes" / "train.json").read_text())
-    for row in rows:
-        row["image"] = str(tmp_path / "shapes" / row["image"])
-    data = tmp_path / "two.json"
-    data.write_text(json.dumps(rows))
-
     real_step = Trainer.training_step
     calls = {"n": 0}
 
@@ -60,18 +51,13 @@ def test_trainer_filters_a_nan_step_loss_as_transformers_does(tiny_llava: Path, 
         return loss * float("nan") if calls["n"] % 4 == 2 else loss
 
     monkeypatch.setattr(Trainer, "training_step", nan_on_second_step)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model on 2 shared cores
-    try:
-        device = _logged_losses(tiny_llava, data, tmp_path / "device")
+    device = _logged_losses(tiny_llava, two_train_samples, tmp_path / "device")
 
-        @contextmanager
-        def host_filter(trainer):  # noqa: ANN001, ANN202 (the reference: transformers' own check)
-            yield False
+    @contextmanager
+    def host_filter(trainer):  # noqa: ANN001, ANN202 (the reference: transformers' own check)
+        yield False
 
-        monkeypatch.setattr(sync_free, "device_loss_filter", host_filter)
-        host = _logged_losses(tiny_llava, data, tmp_path / "host")
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setattr(sync_free, "device_loss_filter", host_filter)
+    host = _logged_losses(tiny_llava, two_train_samples, tmp_path / "host")
     assert len(device) == 2 and all(math.isfinite(v) for v in device)
     assert device == pytest.approx(host, rel=1e-6)

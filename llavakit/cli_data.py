@@ -36,6 +36,9 @@ def shapes(
              "built-in font).")] = None,
     random_words: Annotated[float, typer.Option(
         help="Share of train/val words that are made up (3-7 letters), so a model learns letters, not a list.")] = 0.0,
+    caption_sizes: Annotated[bool, typer.Option(
+        help="Captions name each object's size (\"a small orange star\"), so the article never depends on "
+             "the colour.")] = False,
     workers: Annotated[int, typer.Option(help="Worker processes (output does not depend on it).")] = 1,
     force: Annotated[bool, typer.Option(help="Write into a non-empty output directory.")] = False,
 ) -> None:
@@ -46,6 +49,7 @@ def shapes(
     cfg = ShapesConfig(train=train, val=val, test=test, seed=seed, image_size=image_size, multi_turn=multi_turn,
                        heldout_share=heldout_share, text_captions=text_captions,
                        fonts=font_files(fonts) if fonts else (), random_words=random_words,
+                       caption_sizes=caption_sizes,
                        family_weights=_parse_weights(family_weight or []),
                        families=tuple(f.strip() for f in families.split(",") if f.strip()))
     summary = generate_shapes(out_dir, cfg, workers=workers, force=force, progress=True)

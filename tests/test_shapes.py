@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from llavakit.cli import app
 from llavakit.data import read_dataset, validate
 from llavakit.data.shapes import COLORS, FAMILIES, HELD_OUT, SHAPES, ShapesConfig, generate_shapes
-from llavakit.data.shapes.questions import describe
+from llavakit.data.shapes.questions import describe, size_word
+from llavakit.eval.accuracy import caption_pairs
 from llavakit.data.shapes.scene import render, sample_scene
 
 CFG = ShapesConfig(train=60, val=10, test=70, seed=3, image_size=96)
@@ -125,6 +126,23 @@ def test_caption_names_every_object_once() -> None:
     for o in scene.objects:
         assert text.count(f"{o.color} {o.shape}") == 1
     assert f'"{scene.word}"' in text
+
+
+def test_sized_captions_always_say_a_and_keep_every_pair() -> None:
+    """--caption-sizes: "a small/large <colour> <shape>" for every object, so "an" never appears, and the
+    caption score (colour-shape pairs) reads the same objects as from a plain caption."""
+    pairs = [(c, s) for c in COLORS for s in SHAPES]
+    for seed in range(40):
+        scene = sample_scene(random.Random(seed), 160, allowed_pairs=pairs, n_objects=1 + seed % 6)
+        text = describe(scene, random.Random(seed), sizes=True)
+        assert " an " not in f" {text.lower()} "
+        assert caption_pairs(text) == {(o.color, o.shape) for o in scene.objects}
+        for o in scene.objects:
+            assert f"{size_word(o, 160)} {o.color} {o.shape}" in text
+    big = sample_scene(random.Random(1), 160, allowed_pairs=pairs, n_objects=1)
+    small = sample_scene(random.Random(1), 160, allowed_pairs=pairs, n_objects=6)
+    assert size_word(big.objects[0], 160) == "large"  # one object: radius >= 0.12 of the side
+    assert {size_word(o, 160) for o in small.objects} == {"small"}  # six: radius <= 0.11
 
 
 def test_both_formats_read_back_the_same(shapes_dir: Path) -> None:

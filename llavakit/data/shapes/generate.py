@@ -86,6 +86,9 @@ class ShapesConfig:
     # standard one, so accuracy stays comparable; robustness is measured by benchmarks/robustness_probe.py
     fonts: tuple[str, ...] = ()  # TrueType files words are drawn in, besides the built-in font
     random_words: float = 0.0  # share of words that are made up (letters, not a word from WORDS)
+    # captions say "a small/large <colour> <shape>", so the article never depends on the colour (questions.describe);
+    # all splits (the caption score reads colour-shape pairs only, so test accuracy stays comparable)
+    caption_sizes: bool = False
 
     def train_weights(self) -> dict[str, float]:
         """Relative frequency of each family as a sample's first question (train and val; test is uniform).
@@ -150,9 +153,9 @@ def make_sample(split: str, index: int, cfg: ShapesConfig) -> tuple[Scene, dict]
         scene = sample_scene(rng, cfg.image_size, allowed_pairs=pairs, must_include=must,
                              with_word=True if family == "read" else None, **widen)
         target = next((o for o in scene.objects if (o.color, o.shape) == must), None) if must else None
-        first = ask(family, rng, scene, pairs, target=target)
+        first = ask(family, rng, scene, pairs, target=target, caption_sizes=cfg.caption_sizes)
         if first is None and target is not None:
-            first = ask(family, rng, scene, pairs)
+            first = ask(family, rng, scene, pairs, caption_sizes=cfg.caption_sizes)
         if first is not None:
             break
     else:  # pragma: no cover - every family has a fallback scene within 20 tries in practice
@@ -162,7 +165,7 @@ def make_sample(split: str, index: int, cfg: ShapesConfig) -> tuple[Scene, dict]
         others = [f for f in families if f != family]
         rng.shuffle(others)
         for extra in others[: rng.randint(1, 3)]:
-            qa = ask(extra, rng, scene, pairs)
+            qa = ask(extra, rng, scene, pairs, caption_sizes=cfg.caption_sizes)
             if qa is not None:
                 turns.append(qa)
     heldout = any(p in HELD_OUT for p in scene.pairs())

@@ -44,6 +44,10 @@ def train(
     eval_steps: Annotated[int | None, typer.Option(help="Evaluate every N steps (default: --save-steps).")] = None,
     train_vision: Annotated[bool | None, typer.Option("--train-vision/--freeze-vision",
                                                          help="Also train the vision tower (from-scratch towers).")] = None,
+    swap_words: Annotated[str | None, typer.Option(
+        help="Answer words swapped in the input so the next word is read from the image, not from them: "
+             "comma-separated words, groups separated by ';' (e.g. 'red,green,blue;a,an').")] = None,
+    swap_prob: Annotated[float | None, typer.Option(help="Per-word probability of a --swap-words swap.")] = None,
     image_root: Annotated[Path | None, typer.Option(help="Folder relative image paths start from.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint in --out.")] = False,
     force: Annotated[bool, typer.Option(help="Start over in a non-empty --out.")] = False,
@@ -60,7 +64,7 @@ def train(
         "logging_steps": logging_steps, "seed": seed, "bf16": bf16, "group_by_length": group_by_length,
         "packing": packing, "attn_implementation": attn, "torch_compile": compile,
         "gradient_checkpointing": gradient_checkpointing, "dataloader_workers": workers, "skip_invalid": skip_bad,
-        "eval_steps": eval_steps, "train_vision": train_vision,
+        "eval_steps": eval_steps, "train_vision": train_vision, "swap_words": swap_words, "swap_prob": swap_prob,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
     chosen = resolve_recipe(stage, lora=bool(lora), recipe_file=recipe, overrides=overrides)

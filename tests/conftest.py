@@ -109,3 +109,21 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smollm2_processor(parts):  # noqa: ANN201 (a transformers LlavaProcessor)
+    """SmolLM2-135M-Instruct's real tokenizer and chat template (from the GGUF), made multimodal."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    from llavakit.checkpoints.gguf_lm import smollm2_gguf_path, tokenizer_from_gguf
+    from llavakit.data.chat_templates import IMAGE_TOKEN, make_multimodal
+
+    tokenizer = tokenizer_from_gguf(smollm2_gguf_path())
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    template = make_multimodal(tokenizer.chat_template)
+    tokenizer.chat_template = template
+    image_processor = CLIPImageProcessor.from_pretrained(parts("vision", "clip"))
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=template)

@@ -63,21 +63,6 @@ def processors(parts, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tup
     return {name: (AutoProcessor.from_pretrained(path), style) for name, (path, style) in cases.items()}
 
 
-@pytest.fixture(scope="module")
-def smollm2_processor(parts) -> LlavaProcessor:
-    """SmolLM2-135M-Instruct's real tokenizer and chat template (from the GGUF), made multimodal."""
-    from llavakit.checkpoints.gguf_lm import smollm2_gguf_path, tokenizer_from_gguf
-
-    tokenizer = tokenizer_from_gguf(smollm2_gguf_path())
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    template = make_multimodal(tokenizer.chat_template)
-    tokenizer.chat_template = template
-    image_processor = CLIPImageProcessor.from_pretrained(parts("vision", "clip"))
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=template)
-
-
 def _labelled_runs(tokenizer, enc) -> list[str]:
     """Decode each maximal run of labelled tokens; also check label == input id on every labelled token."""
     runs, current = [], []

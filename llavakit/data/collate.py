@@ -27,6 +27,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import random
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -36,16 +37,19 @@ from torch.utils.data import Dataset
 
 from llavakit.data.formats import Sample
 from llavakit.data.masking import IGNORE_INDEX, Encoded, encode_conversation
+from llavakit.data.word_swap import WordSwap
 from llavakit.errors import LlavakitError
 
 
 class ConversationDataset(Dataset):
     """Validated samples → :class:`Encoded` examples, images read when an item is asked for."""
 
-    def __init__(self, samples: list[Sample], processor: Any, max_length: int | None = None) -> None:
+    def __init__(self, samples: list[Sample], processor: Any, max_length: int | None = None,
+                 swap: WordSwap | None = None) -> None:
         self.samples = samples
         self.processor = processor
         self.max_length = max_length
+        self.swap = swap  # noisy teacher forcing of answer words (word_swap.py), training data only
         self.failures: list[str] = []
 
     def __len__(self) -> int:
@@ -60,8 +64,12 @@ class ConversationDataset(Dataset):
             images = [load_image(ref) for ref in sample.images]
         except LlavakitError as exc:
             raise LlavakitError(f"sample {sample.id} ({sample.where}): {exc}") from exc
-        return encode_conversation(self.processor, sample.messages, images, sample_id=sample.id,
-                                   max_length=self.max_length)
+        encoded = encode_conversation(self.processor, sample.messages, images, sample_id=sample.id,
+                                      max_length=self.max_length)
+        if self.swap is None:
+            return encoded
+        # torch.initial_seed() differs per dataloader worker and epoch: fresh swaps each pass, reproducible per seed
+        return self.swap(encoded, random.Random(f"{torch.initial_seed()}/{index}"))
 
     def __getitem__(self, index: int) -> Encoded:
         for offset in range(min(len(self.samples), 50)):

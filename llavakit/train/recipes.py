@@ -57,6 +57,8 @@ class Recipe:
     # data
     max_length: int = 2048  # tokens per sample after image expansion; longer samples are truncated
     skip_invalid: bool = False  # drop (and report) bad samples instead of refusing the data set
+    swap_words: str = ""  # word groups swapped in the answer *input* ("red,green;a,an"), data/word_swap.py
+    swap_prob: float = 0.0  # per-token probability of a swap (0: off)
     # what is trained
     train_projector: bool = True
     train_lm: bool = False
@@ -99,6 +101,10 @@ class Recipe:
             raise RecipeError("set epochs > 0 or max_steps > 0 (both are <= 0: nothing to train)")
         if not 0 <= self.warmup_ratio < 1:
             raise RecipeError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.swap_prob <= 1:
+            raise RecipeError(f"swap_prob must be in [0, 1], got {self.swap_prob}")
+        if self.swap_prob > 0 and not self.swap_words.strip():
+            raise RecipeError("swap_prob > 0 needs swap_words (comma-separated words, groups separated by ';')")
         if self.dataloader_workers < 0:
             raise RecipeError(f"dataloader_workers must be >= 0, got {self.dataloader_workers}")
         if self.lora and not self.train_lm:

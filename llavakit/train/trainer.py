@@ -120,7 +120,7 @@ def train(job: TrainJob) -> TrainResult:
         save_recipe(recipe, out)
 
     processor, model = load_model(job.model, recipe)
-    dataset, collator, n_samples = build_data(job.data, job, processor, model, recipe)
+    dataset, collator, n_samples = build_data(job.data, job, processor, model, recipe, train_split=True)
     eval_dataset = build_data(job.eval_data, job, processor, model, recipe)[0] if job.eval_data else None
     set_seed(recipe.seed)  # LoRA adapters are initialised randomly before the Trainer seeds anything
     model, report = prepare_model(model, recipe)
@@ -195,10 +195,13 @@ def load_model(model_dir: str | Path, recipe: Recipe) -> tuple[Any, torch.nn.Mod
     return processor, model
 
 
-def build_data(path: str | Path, job: TrainJob, processor: Any, model: torch.nn.Module, recipe: Recipe
-               ) -> tuple[Any, Any, int]:
-    """Read and validate the whole data file up front, then the lazy dataset and the collator."""
+def build_data(path: str | Path, job: TrainJob, processor: Any, model: torch.nn.Module, recipe: Recipe,
+               train_split: bool = False) -> tuple[Any, Any, int]:
+    """Read and validate the whole data file up front, then the lazy dataset and the collator.
+
+    ``train_split``: the recipe's word swap (data/word_swap.py) applies; evaluation data is never swapped."""
     from llavakit.data import Collator, ConversationDataset, read_dataset, validate
+    from llavakit.data.word_swap import WordSwap
 
     samples = validate(read_dataset(path, image_root=job.image_root), skip_bad=recipe.skip_invalid)
     if recipe.packing:
@@ -207,7 +210,8 @@ def build_data(path: str | Path, job: TrainJob, processor: Any, model: torch.nn.
             raise RecipeError(f"packing=true needs an attention kernel that keeps packed samples apart "
                               f"({', '.join(PACKING_KERNELS)}); this model runs {kernel!r}. Use "
                               f"group_by_length=true instead, or set attn_implementation")
-    dataset = ConversationDataset(samples, processor, max_length=recipe.max_length)
+    swap = WordSwap.from_spec(processor, recipe.swap_words, recipe.swap_prob) if train_split else None
+    dataset = ConversationDataset(samples, processor, max_length=recipe.max_length, swap=swap)
     collator = Collator.for_processor(processor, pad_to_multiple_of=8 if recipe.bf16 else None, pack=recipe.packing)
     return dataset, collator, len(samples)
 

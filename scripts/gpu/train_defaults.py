@@ -170,7 +170,8 @@ def cmd_budget(a: argparse.Namespace) -> None:
                     a.resume)
     train_stage(work / "align", mix, work / "instruct", "instruct",
                 dict(common, learning_rate=a.lr, max_steps=a.steps, batch_size=a.batch, grad_accum=1, lora=True,
-                     lora_r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, merge_lora=True), a.resume)
+                     lora_r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, merge_lora=True,
+                     swap_words=a.swap_words, swap_prob=a.swap_prob), a.resume)
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
@@ -254,6 +255,8 @@ def main() -> None:
     b.add_argument("--workers", type=int, default=14), b.add_argument("--resume", action="store_true")
     b.add_argument("--align-lr", type=float, default=5e-4), b.add_argument("--lr", type=float, default=2e-4)
     b.add_argument("--gguf", default=""), b.add_argument("--distill-limit", type=int, default=0)
+    b.add_argument("--swap-words", default="", help="instruct: recipe swap_words (llavakit/data/word_swap.py)")
+    b.add_argument("--swap-prob", type=float, default=0.0, help="instruct: recipe swap_prob")
     e = sub.add_parser("eval")
     e.add_argument("--model", required=True), e.add_argument("--data", required=True)
     e.add_argument("--out", required=True), e.add_argument("--batch", type=int, default=128)

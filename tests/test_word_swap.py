@@ -59,6 +59,8 @@ def test_off_and_bad_specs() -> None:
         parse_groups("red;a,an")
     with pytest.raises(RecipeError, match="needs swap_words"):
         resolve_recipe("instruct", overrides={"swap_prob": 0.3})
+    with pytest.raises(RecipeError, match="at least two different words"):
+        resolve_recipe("instruct", overrides={"swap_words": "red;a,an", "swap_prob": 0.3})
     with pytest.raises(RecipeError, match=r"swap_prob must be in \[0, 1\]"):
         resolve_recipe("instruct", overrides={"swap_words": COLOURS, "swap_prob": 1.5})
 

@@ -105,6 +105,13 @@ class Recipe:
             raise RecipeError(f"swap_prob must be in [0, 1], got {self.swap_prob}")
         if self.swap_prob > 0 and not self.swap_words.strip():
             raise RecipeError("swap_prob > 0 needs swap_words (comma-separated words, groups separated by ';')")
+        if self.swap_words.strip():
+            from llavakit.data.word_swap import parse_groups
+
+            try:
+                parse_groups(self.swap_words)  # before a model is loaded; tokens are checked with the tokenizer
+            except LlavakitError as exc:
+                raise RecipeError(str(exc)) from None
         if self.dataloader_workers < 0:
             raise RecipeError(f"dataloader_workers must be >= 0, got {self.dataloader_workers}")
         if self.lora and not self.train_lm:

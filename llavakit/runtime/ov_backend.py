@@ -148,14 +148,13 @@ class OpenVINOBackend:
         self._text = compile_(layout.TEXT_EMBEDDINGS)
         config = json.loads((model_dir / layout.CONFIG).read_text())
         self._init_prompt_side(core, model_dir, config)
+        own_requests(self)
         self.lora = AdapterSet(model_dir, {}) if (model_dir / LORA_MANIFEST).is_file() else None
         self._feature_caches: dict[Mix, OrderedDict[str, np.ndarray]] = {(): self._features}
         self._bound: tuple[Mix, Mix] | None = None  # (mix, projector mix) bound to the requests
         self._state_mix: Mix = ()  # the mix the KV state was computed under
         if self.lora is not None:
-            if self.lora.vision_slots:
-                self._vision = OwnRequest(self._vision)  # its own request, holding the projector's factors
-            self.bind_adapter(())
+            self.bind_adapter(())  # the vision request (an OwnRequest) holds the projector's factors
 
     # --- LoRA -------------------------------------------------------------------------------
     def load_adapters(self, adapters: dict[str, str | Path]) -> None:
@@ -374,6 +373,20 @@ class OpenVINOBackend:
         twin._feature_caches, twin._bound, twin._state_mix = {(): twin._features}, None, ()
         twin.bind_adapter(())  # the twin's new requests need their own factors
         return twin
+
+
+def own_requests(backend: object) -> None:
+    """Every ``ov.CompiledModel`` attribute of ``backend`` becomes an :class:`OwnRequest`, in the original too.
+
+    Why: ``CompiledModel.__call__`` runs one implicit request per compiled model with its inputs shared
+    zero-copy; run in one thread while a twin's own request of the same compiled model ran in another, the
+    process died (segfault or "free(): corrupted unsorted chunks") in 4 of 4 runs of 15 concurrent
+    generations — the server's load test lost its server this way about once in 14 runs, since slot 0 was
+    the original pipeline. With every caller on a request of its own: 0 crashes in 6 runs (2026-12-06).
+    """
+    for attr, value in list(vars(backend).items()):
+        if isinstance(value, ov.CompiledModel):
+            setattr(backend, attr, OwnRequest(value))
 
 
 class OwnRequest:

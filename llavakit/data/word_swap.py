@@ -48,7 +48,8 @@ def parse_groups(spec: str) -> list[list[str]]:
     return groups
 
 
-#: The spellings a word is looked up in: after a space (mid-sentence), bare, and capitalised (sentence start).
+#: The spellings a word is looked up in: after a space (mid-sentence), capitalised after a space, capitalised bare
+#: (sentence start). Bare lower case is left out: such pieces also sit inside other words (module docstring).
 _SPELLINGS = (lambda w: f" {w}", lambda w: f" {w.capitalize()}", lambda w: w.capitalize())
 
 

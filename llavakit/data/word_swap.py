@@ -26,7 +26,7 @@ stay within a spelling, so " red" becomes " orange", never "Orange".
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -70,6 +70,10 @@ class WordSwap:
     groups: tuple[tuple[int, ...], ...]
     prob: float
     word_starts: torch.Tensor  # (V,) bool: the token begins a new word (" star"), see __call__
+    member_of: dict[int, tuple[int, ...]] = field(init=False, repr=False)  # token id -> its group, made once
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "member_of", {tid: group for group in self.groups for tid in group})
 
     @classmethod
     def from_spec(cls, tokenizer: Any, spec: str, prob: float) -> WordSwap | None:
@@ -96,12 +100,11 @@ class WordSwap:
 
     def __call__(self, example: Encoded, rng: random.Random) -> Encoded:
         """A copy of ``example`` with answer tokens swapped in the input and their own labels dropped."""
-        where = {tid: group for group in self.groups for tid in group}
         ids = example.input_ids.clone()  # (T,)
         labels = example.labels.clone()  # (T,)
         n, last = len(ids), -2
         for t in (labels != IGNORE_INDEX).nonzero().flatten().tolist():
-            group = where.get(int(ids[t]))
+            group = self.member_of.get(int(ids[t]))
             if group is None or t + 1 >= n or labels[t + 1] == IGNORE_INDEX or last == t - 1:
                 continue  # after a swap the next word keeps input and label: it is the word being taught
             nxt = int(ids[t + 1])

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
+from train_defaults import greedy_answers, log  # same folder: batched HF generate, timestamped log lines
+
 HELD_OUT_WORDS = "red,green,blue,yellow,purple,orange;a,an"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def assemble_budget(gguf: Path, root: Path) -> Path:
@@ -54,32 +51,11 @@ def finetune(model: Path, data: Path, out: Path, steps: int, batch: int, swap_pr
 
 def caption_eval(model: Path, test: Path, batch: int) -> dict:
     """Greedy captions for every caption question of ``test``, scored with llavakit's rule, held-out split out."""
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from llavakit.data.shapes import HELD_OUT
     from llavakit.eval.accuracy import score
-    from llavakit.images import load_image
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
     records = [r for r in json.loads(test.read_text()) if r.get("family") == "caption"]
-    proc = AutoProcessor.from_pretrained(model)
-    proc.tokenizer.padding_side = "left"
-    net = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.bfloat16 if dev == "cuda" else torch.float32)
-    net = net.to(dev).eval()
-    preds: list[str] = []
-    for i in range(0, len(records), batch):
-        chunk = records[i: i + batch]
-        prompts = [proc.apply_chat_template([{"role": "user", "content": [
-            {"type": "image"}, {"type": "text", "text": r["conversations"][0]["value"].replace("<image>\n", "")}]}],
-            add_generation_prompt=True) for r in chunk]
-        enc = proc(text=prompts, images=[load_image(str(test.parent / r["image"])) for r in chunk], padding=True,
-                   return_tensors="pt", add_special_tokens=False).to(dev)
-        enc["pixel_values"] = enc["pixel_values"].to(net.dtype)
-        with torch.no_grad():
-            out = net.generate(**enc, max_new_tokens=56, do_sample=False)  # (B, prompt + new)
-        preds += [t.strip() for t in proc.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
-                                                                  skip_special_tokens=True)]
+    preds = greedy_answers(model, records, test.parent, batch, max_new_tokens=56)
     rows, held = [], set(map(tuple, HELD_OUT))
     for r, p in zip(records, preds):
         pairs = {(o["color"], o["shape"]) for o in r["scene"]["objects"]}

@@ -174,35 +174,43 @@ def cmd_budget(a: argparse.Namespace) -> None:
                      swap_words=a.swap_words, swap_prob=a.swap_prob), a.resume)
 
 
-def cmd_eval(a: argparse.Namespace) -> None:
-    """Greedy answers on a test file (batched HF generate) and accuracy per family (scripts/gpu/score.py)."""
+def greedy_answers(model_dir: str | Path, records: list[dict], data_dir: Path, batch: int,
+                   max_new_tokens: int = 48) -> list[str]:
+    """Greedy answers to the first question of each LLaVA-JSON record (batched HF generate, bf16 on a GPU)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from score import score_records
-
     from llavakit.images import load_image
 
-    data = Path(a.data)
-    records = json.loads(data.read_text())[: a.limit or None]
-    proc = AutoProcessor.from_pretrained(a.model)
+    proc = AutoProcessor.from_pretrained(model_dir)
     proc.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(a.model, dtype=torch.bfloat16).to(device()).eval()
-    preds = []
-    for i in range(0, len(records), a.batch):
-        chunk = records[i: i + a.batch]
+    dtype = torch.bfloat16 if device() == "cuda" else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device()).eval()
+    preds: list[str] = []
+    for i in range(0, len(records), batch):
+        chunk = records[i: i + batch]
         prompts = [proc.apply_chat_template([{"role": "user", "content": [
             {"type": "image"}, {"type": "text", "text": r["conversations"][0]["value"].replace("<image>\n", "")}]}],
             add_generation_prompt=True) for r in chunk]
-        images = [load_image(str(data.parent / r["image"])) for r in chunk]
+        images = [load_image(str(data_dir / r["image"])) for r in chunk]
         enc = proc(text=prompts, images=images, padding=True, return_tensors="pt", add_special_tokens=False)
         enc = {k: v.to(device()) for k, v in enc.items()}
-        enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
+        enc["pixel_values"] = enc["pixel_values"].to(dtype)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=48, do_sample=False)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)  # (B, prompt + new)
         preds += [t.strip() for t in proc.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
                                                                   skip_special_tokens=True)]
+    return preds
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    """Greedy answers on a test file (batched HF generate) and accuracy per family (scripts/gpu/score.py)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from score import score_records
+
+    data = Path(a.data)
+    records = json.loads(data.read_text())[: a.limit or None]
+    preds = greedy_answers(a.model, records, data.parent, a.batch)
     table = score_records(records, preds)
     Path(a.out).write_text(json.dumps({"table": table, "examples": [
         {"q": r["conversations"][0]["value"], "a": r["answer"], "pred": p} for r, p in zip(records[:40], preds)]},

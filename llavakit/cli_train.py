@@ -48,6 +48,8 @@ def train(
         help="Answer words swapped in the input so the next word is read from the image, not from them: "
              "comma-separated words, groups separated by ';' (e.g. 'red,green,blue;a,an').")] = None,
     swap_prob: Annotated[float | None, typer.Option(help="Per-word probability of a --swap-words swap.")] = None,
+    adapter: Annotated[Path | None, typer.Option(
+        help="Continue this LoRA adapter (its rank and targets; trained on --model) instead of a fresh one.")] = None,
     image_root: Annotated[Path | None, typer.Option(help="Folder relative image paths start from.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint in --out.")] = False,
     force: Annotated[bool, typer.Option(help="Start over in a non-empty --out.")] = False,
@@ -67,10 +69,12 @@ def train(
         "eval_steps": eval_steps, "train_vision": train_vision, "swap_words": swap_words, "swap_prob": swap_prob,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
-    chosen = resolve_recipe(stage, lora=bool(lora), recipe_file=recipe, overrides=overrides)
+    chosen = resolve_recipe(stage, lora=bool(lora) or (adapter is not None and lora is None), recipe_file=recipe,
+                            overrides=overrides)
     main = is_main_process()
     result = run_training(TrainJob(model=model, data=data, out=out_dir, recipe=chosen, resume=resume, force=force,
-                                   image_root=image_root, progress=main, eval_data=eval_data))
+                                   image_root=image_root, progress=main, eval_data=eval_data,
+                                   adapter=adapter))
     if not main:
         return
     if result.resumed_from:

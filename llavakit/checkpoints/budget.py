@@ -149,10 +149,8 @@ def ensure_budget_model(root: Path | None = None) -> Path:
     out = root / f"budget-{digest.hexdigest()[:12]}"
     if (out / "config.json").is_file():
         return out
-    import torch
     from peft import PeftModel
-    from safetensors.torch import load_file
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
 
     from llavakit.checkpoints.atomic import atomic_directory
     from llavakit.checkpoints.gguf_lm import ensure_smollm2
@@ -160,15 +158,7 @@ def ensure_budget_model(root: Path | None = None) -> Path:
 
     lm_dir = ensure_smollm2(root)
     with tempfile.TemporaryDirectory() as tmp:
-        vision = parts / "vision" if (parts / "vision" / "config.json").is_file() else \
-            extract_vision(nano_model_dir(), Path(tmp) / "vision")
-        base_dir = build_budget_base(vision, lm_dir, Path(tmp) / "base")
-        model = LlavaForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
-        rows = load_file(str(parts / NEW_ROWS))
-        start = int(rows["start"][0])
-        with torch.no_grad():
-            emb = model.get_input_embeddings().weight  # (V, D)
-            emb[start: start + rows["rows"].shape[0]] = rows["rows"]
+        model, base_dir = _base_with_rows(parts, lm_dir, Path(tmp))
         with warnings.catch_warnings():  # PEFT reads transformers' deprecated is_gradient_checkpointing: noise here
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             model = PeftModel.from_pretrained(model, str(parts / "adapter")).merge_and_unload()
@@ -181,4 +171,45 @@ def ensure_budget_model(root: Path | None = None) -> Path:
                 "vision": "llavakit's shapes-world ViT", "parts": str(parts),
                 "calibration": SHAPES, "export": {"int4": BUDGET_INT4},
                 "image_fit": "pad-border"})  # trained on square scenes: pad wide pictures, do not crop them
+    return out
+
+
+def _base_with_rows(parts: Path, lm_dir: Path, tmp: Path):  # noqa: ANN202 (a LlavaForConditionalGeneration)
+    """The base the committed adapter sits on: SmolLM2 + committed vision + fresh projector + trained new rows."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import LlavaForConditionalGeneration
+
+    from llavakit.checkpoints.nano import nano_model_dir
+
+    vision = parts / "vision" if (parts / "vision" / "config.json").is_file() else \
+        extract_vision(nano_model_dir(), tmp / "vision")
+    base_dir = build_budget_base(vision, lm_dir, tmp / "base")
+    model = LlavaForConditionalGeneration.from_pretrained(base_dir, dtype=torch.float32)
+    rows = load_file(str(parts / NEW_ROWS))
+    start = int(rows["start"][0])
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight  # (V, D)
+        emb[start: start + rows["rows"].shape[0]] = rows["rows"]
+    return model, base_dir
+
+
+def budget_adapter_base(out_dir: str | Path, lm_dir: str | Path | None = None) -> Path:
+    """Write the unmerged base of budget's committed adapter, to train that adapter further.
+
+    ``llavakit train --stage instruct --model OUT --adapter llavakit/assets/models/budget/adapter ...`` continues
+    the shipped model (say, with new data or the word swap) and its ``adapter/`` + ``model.safetensors`` give
+    the parts to commit (``export_budget_parts``). ``lm_dir``: a SmolLM2 HF directory (default: the cache's)."""
+    from transformers import AutoProcessor
+
+    from llavakit.checkpoints.atomic import atomic_directory
+    from llavakit.checkpoints.gguf_lm import ensure_smollm2
+
+    parts, out = budget_parts_dir(), Path(out_dir)
+    lm = Path(lm_dir) if lm_dir else ensure_smollm2(out.parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, base_dir = _base_with_rows(parts, lm, Path(tmp))
+        with atomic_directory(out) as target:
+            model.save_pretrained(target)
+            AutoProcessor.from_pretrained(base_dir).save_pretrained(target)
     return out

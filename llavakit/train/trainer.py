@@ -87,6 +87,7 @@ class TrainJob:
     image_root: str | Path | None = None
     progress: bool = True
     eval_data: str | Path | None = None  # validation loss every eval_steps (eval_log.csv)
+    adapter: str | Path | None = None  # continue this LoRA adapter (trained on ``model``) instead of a fresh one
 
 
 @dataclass
@@ -112,7 +113,7 @@ def is_main_process() -> bool:
 
 def train(job: TrainJob) -> TrainResult:
     """Run one training stage end to end and write the model into ``job.out``."""
-    recipe = job.recipe.validate()
+    recipe = _with_adapter_shape(job.recipe.validate(), job.adapter)
     out = Path(job.out)
     ckpt_root = out / "checkpoints"
     resume_from = _prepare_output(out, ckpt_root, job)
@@ -123,7 +124,7 @@ def train(job: TrainJob) -> TrainResult:
     dataset, collator, n_samples = build_data(job.data, job, processor, model, recipe, train_split=True)
     eval_dataset = build_data(job.eval_data, job, processor, model, recipe)[0] if job.eval_data else None
     set_seed(recipe.seed)  # LoRA adapters are initialised randomly before the Trainer seeds anything
-    model, report = prepare_model(model, recipe)
+    model, report = prepare_model(model, recipe, adapter=job.adapter)
 
     args = training_arguments(recipe, ckpt_root, evaluate=eval_dataset is not None)
     callbacks: list = [CsvLogCallback(out / "train_log.csv", resume_step=_step_of(resume_from)),
@@ -150,7 +151,7 @@ def train(job: TrainJob) -> TrainResult:
                   "steps": trainer.state.global_step, "train_loss": output.training_loss, "final_loss": final_loss,
                   "samples": n_samples, "world_size": trainer.args.world_size,
                   "distributed": str(trainer.accelerator.distributed_type.value), "lora": recipe.lora,
-                  "merged": merged,
+                  "merged": merged, "adapter_from": str(Path(job.adapter).resolve()) if job.adapter else None,
                   "resumed_from": str(resume_from) if resume_from else None,
                   "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                                "peft": _version("peft") if recipe.lora else None}}
@@ -216,8 +217,23 @@ def build_data(path: str | Path, job: TrainJob, processor: Any, model: torch.nn.
     return dataset, collator, len(samples)
 
 
-def prepare_model(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.nn.Module, FreezeReport]:
-    """Freeze by stage, add LoRA if asked, apply MoE-tuning rules; return the model to train."""
+def _with_adapter_shape(recipe: Recipe, adapter: str | Path | None) -> Recipe:
+    """The recipe with the continued adapter's rank and alpha (they are what its weights mean)."""
+    if adapter is None:
+        return recipe
+    if not recipe.lora:
+        raise RecipeError("--adapter continues a LoRA adapter: it needs lora=true (--lora)")
+    from dataclasses import replace
+
+    from llavakit.train.lora import adapter_shape
+
+    r, alpha = adapter_shape(adapter)
+    return replace(recipe, lora_r=r, lora_alpha=alpha).validate()
+
+
+def prepare_model(model: torch.nn.Module, recipe: Recipe,
+                  adapter: str | Path | None = None) -> tuple[torch.nn.Module, FreezeReport]:
+    """Freeze by stage, add LoRA (fresh, or ``adapter`` continued) if asked, apply MoE-tuning rules."""
     if recipe.lora and recipe.train_vision:
         raise RecipeError("lora=true with train_vision=true is not supported: LoRA adapts the language model only")
     apply_freezing(model, train_vision=recipe.train_vision, train_projector=recipe.train_projector,
@@ -225,9 +241,10 @@ def prepare_model(model: torch.nn.Module, recipe: Recipe) -> tuple[torch.nn.Modu
     if recipe.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still get a grad path
     if recipe.lora:
-        from llavakit.train.lora import add_lora
+        from llavakit.train.lora import add_lora, continue_lora
 
-        model = add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, moe=recipe.stage == "moe")
+        model = continue_lora(model, adapter) if adapter is not None else \
+            add_lora(model, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, moe=recipe.stage == "moe")
     if recipe.stage == "moe":
         from llavakit.train.moe_freeze import prepare_moe_tuning
 

@@ -8,6 +8,7 @@ resumable (``--resume``) and writes its loss curve to ``<out>/train_log.csv``.
     python scripts/gpu/train_defaults.py vision --work W --out W/vision --scenes 120000 --steps 4000
     python scripts/gpu/train_defaults.py nano   --data D --work W --steps 3000 --vision W/vision --freeze-vision
     python scripts/gpu/train_defaults.py budget --data D --work W --vision W/vision --freeze-vision --align-steps 600 --steps 2000
+    python scripts/gpu/train_defaults.py budget --data D --work W --gguf G --continue-adapter llavakit/assets/models/budget/adapter --steps 600
     python scripts/gpu/train_defaults.py eval   --model DIR --data D/test.json --out result.json
     python scripts/gpu/train_defaults.py parts  --work W --out DIR   # fp16 parts to commit
 
@@ -32,7 +33,8 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def train_stage(model: Path, data: Path, out: Path, stage: str, overrides: dict, resume: bool) -> None:
+def train_stage(model: Path, data: Path, out: Path, stage: str, overrides: dict, resume: bool,
+                adapter: Path | None = None) -> None:
     import torch
 
     from llavakit.train import TrainJob, resolve_recipe, train
@@ -41,7 +43,7 @@ def train_stage(model: Path, data: Path, out: Path, stage: str, overrides: dict,
     recipe = resolve_recipe(stage, lora=bool(overrides.get("lora")), overrides=overrides)
     log(f"train {stage} {model} -> {out}: {overrides}")
     res = train(TrainJob(model=model, data=data, out=out, recipe=recipe, resume=resume and out.exists(),
-                         force=not resume, progress=False))
+                         force=not resume, progress=False, adapter=adapter))
     log(f"done {stage}: steps {res.steps}, final loss {res.final_loss}, {res.trainable.summary()}")
 
 
@@ -145,7 +147,13 @@ def cmd_budget(a: argparse.Namespace) -> None:
     else:
         lm_dir = ensure_smollm2(work)
     base = work / "base"
-    if not (base / "config.json").is_file():
+    if a.continue_adapter:  # the committed budget, trained further: its own base, no align stage
+        from llavakit.checkpoints.budget import budget_adapter_base
+
+        base = work / "adapter_base"
+        if not (base / "config.json").is_file():
+            budget_adapter_base(base, lm_dir)
+    elif not (base / "config.json").is_file():
         vision = Path(a.vision) if a.vision else extract_vision(Path(a.nano), work / "vision", fp16_round=True)
         build_budget_base(vision, lm_dir, base)
     # data: shapes train + self-distilled text-only samples (about 3% of the mixture) + text captions if any
@@ -163,15 +171,16 @@ def cmd_budget(a: argparse.Namespace) -> None:
     torch.cuda.empty_cache()
     common = {"bf16": True, "dataloader_workers": a.workers, "save_steps": int(os.environ.get("SAVE_STEPS", 500)), "save_total_limit": 1, "logging_steps": 25,
                   "max_length": 1024, "seed": 0, "warmup_ratio": 0.03}
-    if not (work / "align" / "llavakit_train.json").is_file():  # a resumed call may find align finished
+    if not a.continue_adapter and not (work / "align" / "llavakit_train.json").is_file():  # resumed: may be done
         train_stage(base, Path(a.data) / "train.json", work / "align", "align",
                     dict(common, learning_rate=a.align_lr, max_steps=a.align_steps, batch_size=a.batch,
                          train_vision=not a.freeze_vision),
                     a.resume)
-    train_stage(work / "align", mix, work / "instruct", "instruct",
+    train_stage(base if a.continue_adapter else work / "align", mix, work / "instruct", "instruct",
                 dict(common, learning_rate=a.lr, max_steps=a.steps, batch_size=a.batch, grad_accum=1, lora=True,
                      lora_r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.05, merge_lora=True,
-                     swap_words=a.swap_words, swap_prob=a.swap_prob), a.resume)
+                     swap_words=a.swap_words, swap_prob=a.swap_prob), a.resume,
+                adapter=Path(a.continue_adapter) if a.continue_adapter else None)
 
 
 def greedy_answers(model_dir: str | Path, records: list[dict], data_dir: Path, batch: int,
@@ -265,6 +274,8 @@ def main() -> None:
     b.add_argument("--gguf", default=""), b.add_argument("--distill-limit", type=int, default=0)
     b.add_argument("--swap-words", default="", help="instruct: recipe swap_words (llavakit/data/word_swap.py)")
     b.add_argument("--swap-prob", type=float, default=0.0, help="instruct: recipe swap_prob")
+    b.add_argument("--continue-adapter", default="", help="train this budget adapter further (the committed one: "
+                   "llavakit/assets/models/budget/adapter) on its own base instead of align + a fresh LoRA")
     e = sub.add_parser("eval")
     e.add_argument("--model", required=True), e.add_argument("--data", required=True)
     e.add_argument("--out", required=True), e.add_argument("--batch", type=int, default=128)

@@ -14,7 +14,8 @@ from llavakit.cli import app, err, friendly_errors, out
 @friendly_errors
 def train(
     stage: Annotated[str, typer.Option(help="align (projector only), instruct (projector + LM) or moe.")],
-    model: Annotated[Path, typer.Option(help="LLaVA model directory (`llavakit build`, or the previous stage's --out).")],
+    model: Annotated[Path, typer.Option(help="LLaVA model directory (`llavakit build`, or the previous stage's --out), "
+                                              "or a default model: nano, budget.")],
     data: Annotated[Path, typer.Option(help="Training data: LLaVA JSON or HF messages JSON/JSONL.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output: trained model, recipe.json, train_log.csv, checkpoints/.")],
     recipe: Annotated[Path | None, typer.Option(help="Recipe file (.yaml/.json); options below override it.")] = None,

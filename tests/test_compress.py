@@ -528,10 +528,11 @@ def test_trained_model_inherits_and_learns_its_declarations(tmp_path):
     for d in (base, shapes, plain):
         d.mkdir()
     (base / "llavakit_build.json").write_text(json.dumps(
-        {"model": "budget", "calibration": "photos/", "export": {"int4": {"group_size": 32}}}))
+        {"model": "budget", "calibration": "photos/", "export": {"int4": {"group_size": 32}},
+         "image_fit": "pad-border"}))
     (shapes / "dataset.json").write_text(json.dumps({"generator": "llavakit shapes", "version": 1}))
     (plain / "dataset.json").write_text("[]")  # somebody else's file of that name
-    assert trained_build_info(base, plain / "train.json") == {"calibration": "photos/",
+    assert trained_build_info(base, plain / "train.json") == {"calibration": "photos/", "image_fit": "pad-border",
                                                               "export": {"int4": {"group_size": 32}}}
     assert trained_build_info(base, shapes / "train.json")["calibration"] == "shapes"
     assert trained_build_info(plain, shapes) == {"calibration": "shapes"}

@@ -1,5 +1,6 @@
-"""Continuing an existing LoRA adapter (``llavakit train --adapter DIR``): it starts from the given weights,
-keeps the adapter's rank, and refuses what it cannot continue with a clear message."""
+"""Training further what exists: a LoRA adapter (``llavakit train --adapter DIR``) starts from the given
+weights, keeps the adapter's rank, and what cannot be continued is refused clearly; a default model is taken by
+name (``--model nano``)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,15 @@ def test_what_cannot_be_continued_is_refused_clearly(tiny_llava: Path, data: Pat
     with pytest.raises(LlavakitError, match="does not fit --model"):
         train(TrainJob(model=tiny_llava, data=data, out=tmp_path / "c", recipe=_recipe(1, 1e-3), progress=False,
                        adapter=other))
+
+
+def test_a_default_model_is_trained_by_name(data: Path, tmp_path: Path):
+    from llavakit.checkpoints.nano import nano_model_dir
+
+    out = tmp_path / "nano-more"
+    recipe = resolve_recipe("instruct", overrides={"max_steps": 1, "batch_size": 2, "learning_rate": 1e-5})
+    result = train(TrainJob(model="nano", data=data, out=out, recipe=recipe, progress=False))
+    assert result.steps == 1 and (out / "config.json").is_file()
+    assert json.loads((out / "llavakit_train.json").read_text())["base_model"] == str(nano_model_dir().resolve())
+    with pytest.raises(LlavakitError, match="neither a local directory nor a hub id"):
+        train(TrainJob(model="no-such-model", data=data, out=tmp_path / "x", recipe=recipe, progress=False))

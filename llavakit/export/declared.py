@@ -75,12 +75,13 @@ def export_recipe(model_dir: str | Path, weights: str, given: dict | None = None
 def trained_build_info(base_model: str | Path, data: str | Path) -> dict:
     """The declarations of a model trained from ``base_model`` on ``data`` ({} when there is nothing to say).
 
-    The base model's calibration and export recipe carry over (fine-tuning nano keeps nano's); data written
+    The base model's calibration, export recipe and image fit carry over (fine-tuning nano keeps nano's; the
+    image fit belongs to the vision tower, which fine-tuning keeps); data written
     by ``llavakit data shapes`` (its ``dataset.json`` says ``"generator": "llavakit shapes"``) makes it shapes.
     """
     from llavakit.data.shapes.generate import SHAPES_GENERATOR
 
-    info = {k: v for k, v in build_info(base_model).items() if k in ("calibration", "export")}
+    info = {k: v for k, v in build_info(base_model).items() if k in ("calibration", "export", "image_fit")}
     path = Path(data)
     summary = (path if path.is_dir() else path.parent) / "dataset.json"
     try:

@@ -147,7 +147,7 @@ def train(job: TrainJob) -> TrainResult:
     if final_loss is None:  # a run shorter than logging_steps: the mean training loss is all there is
         final_loss = float(output.training_loss)
     if trainer.is_world_process_zero():
-        record = {"stage": recipe.stage, "base_model": str(Path(job.model).resolve()), "data": str(job.data),
+        record = {"stage": recipe.stage, "base_model": str(model_path(job.model).resolve()), "data": str(job.data),
                   "steps": trainer.state.global_step, "train_loss": output.training_loss, "final_loss": final_loss,
                   "samples": n_samples, "world_size": trainer.args.world_size,
                   "distributed": str(trainer.accelerator.distributed_type.value), "lora": recipe.lora,
@@ -155,7 +155,7 @@ def train(job: TrainJob) -> TrainResult:
                   "resumed_from": str(resume_from) if resume_from else None,
                   "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                                "peft": _version("peft") if recipe.lora else None}}
-        if declared := trained_build_info(job.model, job.data):  # export defaults: calibration domain, recipes
+        if declared := trained_build_info(model_path(job.model), job.data):  # export defaults: calibration domain, recipes
             write_build_info(out, {"built_by": "llavakit train", **declared})
         _write_json(out / "llavakit_train.json", record)
     return TrainResult(out=out, steps=trainer.state.global_step, final_loss=final_loss, resumed_from=resume_from,
@@ -166,13 +166,26 @@ def train(job: TrainJob) -> TrainResult:
 # ----------------------------------------------------------------------------------------- pieces
 
 
+def model_path(ref: str | Path) -> Path:
+    """The directory of ``ref``: itself, or what a name every command takes stands for (nano, budget: assembled
+    on first use, a hub id)."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    from llavakit.checkpoints.resolve import resolve_source
+
+    return resolve_source(ref)
+
+
 def load_model(model_dir: str | Path, recipe: Recipe) -> tuple[Any, torch.nn.Module]:
-    """Processor and model of a llavakit/transformers LLaVA directory, in fp32 (bf16 is autocast)."""
+    """Processor and model of a llavakit/transformers LLaVA directory (or a default model's name), in fp32.
+
+    bf16 is autocast. ``budget`` is its merged model: a LoRA trained on it is a new adapter on top of budget."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import llavakit.models.moe_llava  # noqa: F401  (registers "moe_llava" with the Auto classes)
 
-    path = Path(model_dir)
+    path = model_path(model_dir)
     if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
         raise LlavakitError(f"--model {model_dir} is a LoRA adapter, not a model; train the previous stage with "
                             f"--merge-lora (its adapter stays in OUT/adapter) and pass that output")

@@ -178,6 +178,34 @@ def build_draft(lm_dir: Path, hidden: int, layers: int):
     return model
 
 
+def slice_draft(model_dir: Path, lm_dir: Path, layers: list[int]):
+    """budget's own LM cut down to ``layers`` (e.g. 0,1,2,29) + its final norm and tied head: a draft that starts
+    from SmolLM2's pretrained weights (and budget's LoRA) instead of from scratch. Why: the from-scratch drafts
+    learnt budget's answers to the prompts they saw and little else (held-out agreement 0.45-0.65)."""
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_pretrained(lm_dir)
+    config.num_hidden_layers = len(layers)
+    config.layer_types = None if getattr(config, "layer_types", None) is None else \
+        [config.layer_types[i] for i in layers]
+    draft = LlamaForCausalLM(config)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    prefix = next(k for k in weights if k.endswith("embed_tokens.weight")).rsplit("embed_tokens.weight", 1)[0]
+    state = {"model.embed_tokens.weight": weights[prefix + "embed_tokens.weight"][: config.vocab_size],
+             "model.norm.weight": weights[prefix + "norm.weight"]}
+    for new, old in enumerate(layers):
+        for key, value in weights.items():
+            if key.startswith(f"{prefix}layers.{old}."):
+                state[f"model.layers.{new}." + key[len(f"{prefix}layers.{old}."):]] = value
+    missing, unexpected = draft.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embedding
+    if missing or unexpected:
+        raise SystemExit(f"slice draft: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    draft.tie_weights()
+    return draft.float()
+
+
 def pad_batch(chunk: list[tuple[list[int], int]], max_len: int, pad: int):
     """Right-padded (ids, mask, labels), each (B, T); labels only on answer tokens; long rows keep their end."""
     length = min(max_len, max(len(ids) for ids, _ in chunk))
@@ -288,7 +316,9 @@ def main() -> None:
     ap.add_argument("--work", required=True), ap.add_argument("--out", required=True)
     ap.add_argument("--text-prompts", type=int, default=12000), ap.add_argument("--image-prompts", type=int, default=6000)
     ap.add_argument("--steps", type=int, default=4000), ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3), ap.add_argument("--sizes", default="256x2,384x3")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--sizes", default="256x2,384x3", help="HIDDENxLAYERS from scratch, or L0.1.2.29: budget's "
+                    "own LM layers 0, 1, 2 and 29 + norm + head (pretrained start)")
     ap.add_argument("--openers", type=float, default=0.0, help="share of sampled user turns started with OPENERS")
     ap.add_argument("--general-reps", type=int, default=4, help="times general_prompts.txt joins the prompts")
     ap.add_argument("--kl", action="store_true", help="add KL to budget's logits on text rows (logit distillation)")
@@ -298,7 +328,7 @@ def main() -> None:
     work, out = Path(a.work), Path(a.out)
     work.mkdir(parents=True, exist_ok=True), out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    model, processor, _, lm_dir = budget_teacher(Path(a.gguf), work)
+    model, processor, model_dir, lm_dir = budget_teacher(Path(a.gguf), work)
     log(f"budget assembled in {time.time() - t0:.0f} s")
     cache = work / "draft_data.json"
     if cache.is_file():
@@ -341,16 +371,17 @@ def main() -> None:
                for n in (2048, 4096, 8192, 16384)}
     log(f"answer tokens covered by the N most frequent ids: {covered}")
     report = {"examples": data["examples"], "kl": a.kl, "steps": a.steps, "head_coverage": covered, "drafts": {}}
-    for size in a.sizes.split(","):
-        hidden, layers = map(int, size.split("x"))
+    for size in a.sizes.split(","):  # HIDDENxLAYERS (from scratch) or L0.1.2.29 (budget's own layers, cut)
         target = out / f"draft-{size}"
         if a.resume and (target / "config.json").is_file():
             from transformers import LlamaForCausalLM
 
             draft = LlamaForCausalLM.from_pretrained(target, dtype=torch.float32)
             log(f"draft {size}: resumed from {target}")
+        elif size.startswith("L"):
+            draft = slice_draft(Path(model_dir), lm_dir, [int(x) for x in size[1:].split(".")])
         else:
-            draft = build_draft(lm_dir, hidden, layers)
+            draft = build_draft(lm_dir, *map(int, size.split("x")))
         params = sum(p.numel() for p in draft.parameters())
         log(f"draft {size}: {params / 1e6:.1f} M parameters")
 

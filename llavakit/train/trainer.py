@@ -155,7 +155,8 @@ def train(job: TrainJob) -> TrainResult:
                   "resumed_from": str(resume_from) if resume_from else None,
                   "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                                "peft": _version("peft") if recipe.lora else None}}
-        if declared := trained_build_info(model_path(job.model), job.data):  # export defaults: calibration domain, recipes
+        # export defaults (calibration domain, recipes, image fit) carry over from the base model
+        if declared := trained_build_info(model_path(job.model), job.data):
             write_build_info(out, {"built_by": "llavakit train", **declared})
         _write_json(out / "llavakit_train.json", record)
     return TrainResult(out=out, steps=trainer.state.global_step, final_loss=final_loss, resumed_from=resume_from,

@@ -134,6 +134,13 @@ def test_build_force_replaces(parts, tmp_path):
     assert AutoModelForImageTextToText.from_pretrained(out).config.vision_config.model_type == "siglip_vision_model"
 
 
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "align").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"runs/ has no 'alig' \(it has: align\)"):
+        resolve_source("runs/alig")
+
+
 def test_hub_id_without_network_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

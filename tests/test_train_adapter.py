@@ -109,3 +109,4 @@ def test_a_default_model_is_trained_by_name(data: Path, tmp_path: Path):
     assert json.loads((out / "llavakit_train.json").read_text())["base_model"] == str(nano_model_dir().resolve())
     with pytest.raises(LlavakitError, match="neither a local directory nor a hub id"):
         train(TrainJob(model="no-such-model", data=data, out=tmp_path / "x", recipe=recipe, progress=False))
+    assert not (tmp_path / "x").exists()  # a wrong --model leaves no output folder behind

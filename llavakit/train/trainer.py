@@ -114,13 +114,14 @@ def is_main_process() -> bool:
 def train(job: TrainJob) -> TrainResult:
     """Run one training stage end to end and write the model into ``job.out``."""
     recipe = _with_adapter_shape(job.recipe.validate(), job.adapter)
+    base = model_path(job.model)  # before the output is touched: a wrong --model leaves nothing behind
     out = Path(job.out)
     ckpt_root = out / "checkpoints"
     resume_from = _prepare_output(out, ckpt_root, job)
     if is_main_process():
         save_recipe(recipe, out)
 
-    processor, model = load_model(job.model, recipe)
+    processor, model = load_model(base, recipe)
     dataset, collator, n_samples = build_data(job.data, job, processor, model, recipe, train_split=True)
     eval_dataset = build_data(job.eval_data, job, processor, model, recipe)[0] if job.eval_data else None
     set_seed(recipe.seed)  # LoRA adapters are initialised randomly before the Trainer seeds anything
@@ -147,7 +148,7 @@ def train(job: TrainJob) -> TrainResult:
     if final_loss is None:  # a run shorter than logging_steps: the mean training loss is all there is
         final_loss = float(output.training_loss)
     if trainer.is_world_process_zero():
-        record = {"stage": recipe.stage, "base_model": str(model_path(job.model).resolve()), "data": str(job.data),
+        record = {"stage": recipe.stage, "base_model": str(base.resolve()), "data": str(job.data),
                   "steps": trainer.state.global_step, "train_loss": output.training_loss, "final_loss": final_loss,
                   "samples": n_samples, "world_size": trainer.args.world_size,
                   "distributed": str(trainer.accelerator.distributed_type.value), "lora": recipe.lora,
@@ -156,7 +157,7 @@ def train(job: TrainJob) -> TrainResult:
                   "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                                "peft": _version("peft") if recipe.lora else None}}
         # export defaults (calibration domain, recipes, image fit) carry over from the base model
-        if declared := trained_build_info(model_path(job.model), job.data):
+        if declared := trained_build_info(base, job.data):
             write_build_info(out, {"built_by": "llavakit train", **declared})
         _write_json(out / "llavakit_train.json", record)
     return TrainResult(out=out, steps=trainer.state.global_step, final_loss=final_loss, resumed_from=resume_from,

@@ -181,9 +181,10 @@ def is_complete(model_dir: str | Path) -> bool:
     return all((Path(model_dir) / name).is_file() for name in REQUIRED_FILES)
 
 
-def ensure_smollm2(cache_dir: str | Path) -> Path:
-    """``cache_dir/smollm2-135m-instruct``, converted from the wheel's GGUF the first time only."""
+def ensure_smollm2(cache_dir: str | Path, gguf: str | Path | None = None) -> Path:
+    """``cache_dir/smollm2-135m-instruct``, converted the first time only from the wheel's GGUF, or from ``gguf``
+    (the same file carried to a machine without the wheel, such as the GPU one)."""
     target = Path(cache_dir) / SMOLLM2_DIRNAME
     if is_complete(target):
         return target
-    return convert_gguf_lm(smollm2_gguf_path(), target)
+    return convert_gguf_lm(Path(gguf) if gguf else smollm2_gguf_path(), target)

@@ -47,7 +47,7 @@ def resolve_source(ref: str | Path, what: str = "model") -> Path:
         return ensure_budget_model()
     if not _HUB_ID.match(text):
         raise ModelLoadError(f"{what} not found: {text!r} is neither a local directory nor a hub id like 'org/name'")
-    if path.parent.is_dir() and path.parent != Path("."):  # runs/alig: a local path with a typo, not a hub id
+    if path.parent.is_dir():  # runs/alig: a local path with a typo, not a hub id
         near = sorted(p.name for p in path.parent.iterdir() if p.is_dir() and not p.name.startswith("."))[:8]
         raise ModelLoadError(f"{what} not found: {path.parent}/ has no {path.name!r}"
                              + (f" (it has: {', '.join(near)})" if near else "")

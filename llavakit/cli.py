@@ -207,11 +207,22 @@ def export_draft(
         help="Keep only the LM-head rows of this many most frequent ids (a cheaper draft step).")] = None,
     head_file: Annotated[Optional[Path], typer.Option(
         help="JSON {\"head_ids\": [...]} most frequent first; default MODEL/draft_head.json.")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        help="For an EAGLE feature draft (scripts/gpu/train_eagle.py): the VLM it drafts for (its LM head).")] = None,
 ) -> None:
-    """Export a small LM as a draft for speculative decoding (`llavakit chat --draft DIR`)."""
+    """Export a small LM, or an EAGLE feature draft, for speculative decoding (`llavakit chat --draft DIR`)."""
     from llavakit.export.draft import export_draft_lm
+    from llavakit.export.eagle import export_eagle_draft, is_eagle_source
 
-    written = export_draft_lm(model, out_dir, weights=weights, force=force, head_size=head_size, head_file=head_file)
+    if is_eagle_source(Path(model)):
+        if target is None:
+            raise LlavakitError(f"{model} is an EAGLE feature draft: pass --target MODEL, the VLM it was trained "
+                                "for (its LM head becomes the draft's)")
+        written = export_eagle_draft(model, target, out_dir, weights=weights, force=force, head_size=head_size,
+                                     head_file=head_file)
+    else:
+        written = export_draft_lm(model, out_dir, weights=weights, force=force, head_size=head_size,
+                                  head_file=head_file)
     out.print(f"draft written to {written}")
 
 

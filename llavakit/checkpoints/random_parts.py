@@ -230,3 +230,29 @@ def make_random_vision(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def make_random_eagle(target_dir: str | Path, out_dir: str | Path, layers: int = 1, seed: int = 0) -> Path:
+    """Write a random EAGLE feature draft for the LLaVA at ``target_dir`` in the format
+    ``scripts/gpu/train_eagle.py`` writes (body config + weights, ``eagle_fc.safetensors``, tokenizer)."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    text = AutoConfig.from_pretrained(target_dir).get_text_config()
+    config = text.__class__.from_dict(text.to_dict())
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[:layers]
+    torch.manual_seed(seed)
+    body = AutoModel.from_config(config)
+    hidden = config.hidden_size
+    fc = torch.nn.Linear(2 * hidden, hidden)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
+    save_file({k: v.contiguous() for k, v in body.state_dict().items() if not k.startswith("embed_tokens.")},
+              str(out / "model.safetensors"))
+    save_file({"weight": fc.weight.detach().contiguous(), "bias": fc.bias.detach().contiguous()},
+              str(out / "eagle_fc.safetensors"))
+    AutoTokenizer.from_pretrained(target_dir).save_pretrained(out)
+    return out

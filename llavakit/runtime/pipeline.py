@@ -105,9 +105,9 @@ class Pipeline:
         if draft is not None and getattr(self.backend, "lora", None) is not None:
             raise LlavakitError("speculative decoding (draft=) does not run on an export with LoRA slots yet")
         if draft is not None:
-            from llavakit.runtime.speculative import SpeculativeDecoder
+            from llavakit.runtime.speculative import speculative_decoder
 
-            self.speculative = SpeculativeDecoder(self.backend, self.model_dir, draft, num_draft_tokens,
+            self.speculative = speculative_decoder(self.backend, self.model_dir, draft, num_draft_tokens,
                                                   adaptive=draft_adaptive, device=device, properties=properties,
                                                   precise=precise)
 

@@ -166,13 +166,19 @@ class MultiLogitsRequest:
         return MultiLogitsRequest(self.request.get_compiled_model().create_infer_request())
 
 
-def enable_verification(target: OpenVINOBackend, model_dir: Path, properties: dict) -> None:
-    """Swap the target's LM request for one that can return several positions' logits."""
+def enable_verification(target: OpenVINOBackend, model_dir: Path, properties: dict, features: bool = False) -> None:
+    """Swap the target's LM request for one that can return several positions' logits; with ``features``,
+    also every row's last hidden state (an EAGLE draft reads them, ``runtime/eagle.py``)."""
     if not isinstance(getattr(target, "_lm", None), ov.InferRequest):
         raise LlavakitError("speculative decoding needs the OpenVINO backend (--backend openvino)")
     core = ov.Core()
-    model = keep_last_n_logits(core.read_model(model_dir / layout.LANGUAGE_MODEL))
-    target._lm = MultiLogitsRequest(core.compile_model(model, target.device, properties).create_infer_request())
+    model = core.read_model(model_dir / layout.LANGUAGE_MODEL)
+    if features:
+        from llavakit.runtime.eagle import FeatureRequest, add_hidden_output
+
+        model = add_hidden_output(model)
+    request = core.compile_model(keep_last_n_logits(model), target.device, properties).create_infer_request()
+    target._lm = FeatureRequest(request) if features else MultiLogitsRequest(request)
 
 
 # --- the draft ----------------------------------------------------------------------------------
@@ -343,24 +349,49 @@ class TargetKV:
 
 
 # --- the decoding loop --------------------------------------------------------------------------
+def draft_marker(draft_dir: str | Path) -> dict:
+    """The draft's ``llavakit_draft.json`` (a clear error when it is not a draft export)."""
+    path = Path(draft_dir) / DRAFT_MARKER
+    if not path.is_file():
+        raise ModelLoadError(f"{draft_dir} is not a llavakit draft export (missing {DRAFT_MARKER}); "
+                             "make one with `llavakit export-draft LM_DIR --out DIR`")
+    return json.loads(path.read_text())
+
+
+def speculative_decoder(target: OpenVINOBackend, model_dir: Path, draft_dir: str | Path, *args: Any,
+                        **kwargs: Any) -> SpeculativeDecoder:
+    """The decoder for the draft at ``draft_dir``: an independent draft LM, or an EAGLE feature draft."""
+    if draft_marker(draft_dir).get("kind") == "eagle":
+        from llavakit.runtime.eagle_decoder import EagleDecoder
+
+        return EagleDecoder(target, model_dir, draft_dir, *args, **kwargs)
+    return SpeculativeDecoder(target, model_dir, draft_dir, *args, **kwargs)
+
+
 class SpeculativeDecoder:
     """Drafts with ``draft``, verifies with ``target`` (an OpenVINO backend made able to verify)."""
+
+    features = False  # whether the draft reads the target's hidden states (EagleDecoder)
 
     def __init__(self, target: OpenVINOBackend, model_dir: Path, draft_dir: str | Path, num_draft_tokens: int = 4,
                  adaptive: bool = False, device: str | None = None, properties: dict | None = None,
                  precise: bool = False) -> None:
         if num_draft_tokens < 1:
             raise LlavakitError(f"num_draft_tokens must be >= 1, got {num_draft_tokens}")
-        self.draft = DraftModel(draft_dir, device, properties, precise)
+        self.draft = self._load_draft(Path(draft_dir), device, properties, precise)
         check_same_tokenizer(Path(model_dir), Path(draft_dir))
         self.target = target
         self.k = num_draft_tokens
         self.adaptive = adaptive
         enable_verification(target, Path(model_dir), {**target.lm_properties, **VERIFY_PROPERTIES,
-                                                      **(PRECISE if precise else {}), **(properties or {})})
+                                                      **(PRECISE if precise else {}), **(properties or {})},
+                            features=self.features)
         logits_shape = target._lm.get_compiled_model().output("logits").get_partial_shape()  # (B, T, V)
         self.target_vocab = logits_shape[-1].get_length()
         self.last_stats = SpeculativeStats()
+
+    def _load_draft(self, draft_dir: Path, device: str | None, properties: dict | None, precise: bool) -> Any:
+        return DraftModel(draft_dir, device, properties, precise)
 
     def fork(self, target: OpenVINOBackend) -> SpeculativeDecoder:
         """A decoder for ``target``, a fork of this one's target (``OpenVINOBackend.fork``): the server runs
@@ -397,7 +428,7 @@ class SpeculativeDecoder:
         ids: list[int] = []
         finish, done = "length", False
         start = time.perf_counter()
-        logits = target.prefill(prepared)  # (V,)
+        logits = self._prefill(prepared)  # (V,)
         kv = TargetKV(target)
         try:
             token = self._pick(logits, cfg, ids, rng)
@@ -423,10 +454,12 @@ class SpeculativeDecoder:
                 last = ids[-1]
                 room = min(budget - len(ids) - 1, draft.max_context - len(context) - len(ids) - 1)
                 k_round = max(0, min(k, room))
-                proposals, q_rows = self._propose(context + ids, k_round, cfg, ids, rng)
+                position = kv.valid  # where ``last`` goes
+                proposals, q_rows = self._propose(context + ids, k_round, cfg, ids, rng, position)
                 p_rows = kv.verify([last, *proposals])  # (k+1, V)
                 pending = self._accept(proposals, q_rows, p_rows, cfg, ids, rng)
                 n_ok = len(pending) - 1
+                self._verified(proposals[:n_ok], position)
                 kv.reject(len(proposals) - n_ok)
                 stats.drafted += len(proposals)
                 stats.accepted += n_ok
@@ -455,24 +488,35 @@ class SpeculativeDecoder:
         result.speculative = stats  # type: ignore[attr-defined]  (extra field; Metrics is shared)
         out._finish(result)
 
+    def _prefill(self, prepared: Any) -> np.ndarray:
+        """The target's prefill (a hook: an EAGLE draft records it)."""
+        return self.target.prefill(prepared)
+
+    def _verified(self, accepted: list[int], position: int) -> None:
+        """After a verify pass: ``accepted`` drafts, the round's first token at ``position`` (a hook)."""
+
     def _propose(self, text: list[int], k: int, cfg: GenerationConfig, ids: list[int],
-                 rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
+                 rng: np.random.Generator, position: int) -> tuple[list[int], list[np.ndarray | None]]:
         """k draft tokens after ``text`` and the draft distribution each came from (None when greedy)."""
         proposals: list[int] = []
         rows: list[np.ndarray | None] = []
         sequence = list(text)
         for _ in range(k):
-            logits = self._fit(self.draft.sync(sequence))  # (V,) on the target's ids
-            if cfg.do_sample:
-                q = processed_probs(logits, cfg, ids + proposals)
-                token = int(rng.choice(q.shape[-1], p=q))
-                rows.append(q)
-            else:
-                token = int(np.argmax(apply_repetition_penalty(logits, ids + proposals, cfg.repetition_penalty)))
-                rows.append(None)
+            token = self._draw(self.draft.sync(sequence), cfg, ids + proposals, rng, rows)
             proposals.append(token)
             sequence.append(token)
         return proposals, rows
+
+    def _draw(self, draft_logits: np.ndarray, cfg: GenerationConfig, previous: list[int],
+              rng: np.random.Generator, rows: list) -> int:
+        """One draft token from the draft's logits; its distribution q (None when greedy) goes to ``rows``."""
+        logits = self._fit(draft_logits)  # (V,) on the target's ids
+        if cfg.do_sample:
+            q = processed_probs(logits, cfg, previous)
+            rows.append(q)
+            return int(rng.choice(q.shape[-1], p=q))
+        rows.append(None)
+        return int(np.argmax(apply_repetition_penalty(logits, previous, cfg.repetition_penalty)))
 
     def _fit(self, logits: np.ndarray) -> np.ndarray:
         """Draft logits on the target's vocabulary: ids the draft lacks (or its head leaves out) get -inf."""

@@ -35,18 +35,23 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from llavakit import Pipeline
 from llavakit.checkpoints.budget import ensure_budget_model
 from llavakit.checkpoints.demo import EXAMPLE_IMAGE, cache_dir
 from llavakit.eval.accuracy import open_variant
 from llavakit.export.cache import export_key
 from llavakit.export.draft import export_draft_lm
-from llavakit.runtime.speculative import VERIFY_PROPERTIES, DraftModel
+from llavakit.export.eagle import export_eagle_draft, is_eagle_source
+from llavakit.runtime.eagle import EagleDraft
+from llavakit.runtime.speculative import VERIFY_PROPERTIES, DraftModel, draft_marker
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_QUESTIONS = ["What is in this image?", "What colors are the shapes?", "How many shapes are there?",
                    "Describe the image in detail."]
 ROWS = [("k=2", 2, False), ("k=3", 3, False), ("k=4", 4, False), ("adaptive", 3, True)]
+ALL_ROWS = {name: (name, k, adaptive) for name, k, adaptive in [("k=1", 1, False), *ROWS]}
 
 
 def prompts(quick: bool, path: Path) -> list[tuple[str, list[str]]]:
@@ -87,7 +92,10 @@ def draft_export(source: Path, weights: str, root: Path, head_size: int | None =
     out = root / f"{source.name}-{tag[6:]}-{export_key(source, tag)}"
     if not (out / "llavakit_draft.json").is_file():
         print(f"exporting draft {source} at {weights} (head {head_size or 'full'}) -> {out}", flush=True)
-        export_draft_lm(source, out, weights=weights, force=True, head_size=head_size)
+        if is_eagle_source(source):  # a feature draft: its head is the target's
+            export_eagle_draft(source, ensure_budget_model(), out, weights=weights, force=True, head_size=head_size)
+        else:
+            export_draft_lm(source, out, weights=weights, force=True, head_size=head_size)
     return out
 
 
@@ -117,13 +125,24 @@ def step_costs(spec: Pipeline, draft_dir: Path) -> dict[str, float]:
         kv = TargetKV(backend)
         out[f"verify_{n}_ms"] = median_ms(lambda i, kv=kv, n=n: kv.verify([100 + (i + j) % 50 for j in range(n)]), n=12)
     backend.reset()
-    draft = DraftModel(draft_dir)
-    sequence = list(prepared.token_ids)
-    draft.sync(sequence)
+    marker = draft_marker(draft_dir)
+    if marker.get("kind") == "eagle":  # one row: the target's embedding and a feature in, a feature out
+        draft = EagleDraft(draft_dir, marker)
+        row = np.zeros((1, draft.we.shape[0]), dtype=np.float32)
+        draft.run(np.zeros((len(prepared.token_ids), row.shape[1]), dtype=np.float32),
+                  np.zeros((len(prepared.token_ids), row.shape[1]), dtype=np.float32),
+                  np.arange(len(prepared.token_ids)))
 
-    def draft_step(i: int) -> None:
-        sequence.append(100 + i % 50)
+        def draft_step(i: int) -> None:
+            draft.run(row, row, np.array([draft.length]))
+    else:
+        draft = DraftModel(draft_dir)
+        sequence = list(prepared.token_ids)
         draft.sync(sequence)
+
+        def draft_step(i: int) -> None:
+            sequence.append(100 + i % 50)
+            draft.sync(sequence)
 
     out["draft_step_ms"] = median_ms(draft_step)
     out["c"] = out["draft_step_ms"] / out["target_step_ms"]
@@ -131,19 +150,23 @@ def step_costs(spec: Pipeline, draft_dir: Path) -> dict[str, float]:
 
 
 def run_precision(precision: str, draft_source: Path, items: list, max_new_tokens: int, penalty: float,
-                  drafts_root: Path, head_size: int | None = None) -> dict:
+                  drafts_root: Path, head_size: int | None = None, rows: list | None = None,
+                  target_properties: dict | None = None) -> dict:
+    """``target_properties``: OpenVINO settings for BOTH the plain and the verifying target (they win over
+    speculative.VERIFY_PROPERTIES), e.g. the plugin's dynamic quantization back on to see what identity costs."""
+    rows = rows or ROWS
     exported = open_variant(ensure_budget_model(), "openvino", precision).model_dir
     draft_dir = draft_export(draft_source, precision, drafts_root, head_size)
     # plain greedy at the settings the speculative target uses (speculative.VERIFY_PROPERTIES): the same numbers
-    plain = Pipeline(exported, properties=dict(VERIFY_PROPERTIES))
-    spec = Pipeline(exported, draft=draft_dir)
+    plain = Pipeline(exported, properties={**VERIFY_PROPERTIES, **(target_properties or {})})
+    spec = Pipeline(exported, draft=draft_dir, properties=target_properties)
     settings = {"max_new_tokens": max_new_tokens, "repetition_penalty": penalty}
     for question, images in items[:1]:  # warm-up: first compile/alloc costs out of the timed runs
         plain.generate(question, images, max_new_tokens=8)
         spec.generate(question, images, max_new_tokens=8)
-    per_row: dict[str, list[dict]] = {name: [] for name, _, _ in ROWS}
+    per_row: dict[str, list[dict]] = {name: [] for name, _, _ in rows}
     for p, (question, images) in enumerate(items):
-        for r, (name, k, adaptive) in enumerate(ROWS):
+        for r, (name, k, adaptive) in enumerate(rows):
             spec.speculative.k, spec.speculative.adaptive = k, adaptive
             first_plain = (p + r) % 2 == 0
             if first_plain:
@@ -160,12 +183,12 @@ def run_precision(precision: str, draft_source: Path, items: list, max_new_token
                 "identical": a.token_ids == b.token_ids, "drafted": stats.drafted, "accepted": stats.accepted,
                 "rounds": stats.rounds, "k_final": stats.k_final})
         print(f"[{precision}] {p + 1}/{len(items)} {question[:40]!r}: " + ", ".join(
-            f"{name} {per_row[name][-1]['ratio']:.2f}x" for name, _, _ in ROWS), flush=True)
-    rows = []
-    for name, k, adaptive in ROWS:
+            f"{name} {per_row[name][-1]['ratio']:.2f}x" for name, _, _ in rows), flush=True)
+    summary = []
+    for name, k, adaptive in rows:
         runs = [x for x in per_row[name] if x["tokens"] > 2]  # a 1-2 token answer has no decode rate
         drafted = sum(x["drafted"] for x in per_row[name])
-        rows.append({
+        summary.append({
             "precision": precision, "row": name, "k": k, "adaptive": adaptive, "prompts": len(per_row[name]),
             "speedup_median": statistics.median(x["ratio"] for x in runs) if runs else float("nan"),
             "plain_tok_s_median": statistics.median(x["plain_tok_s"] for x in runs) if runs else float("nan"),
@@ -176,7 +199,7 @@ def run_precision(precision: str, draft_source: Path, items: list, max_new_token
             "runs": per_row[name]})
     costs = step_costs(spec, draft_dir)
     print(f"[{precision}] step costs: {costs}", flush=True)
-    return {"precision": precision, "target": str(plain.model_dir), "draft": str(draft_dir), "rows": rows,
+    return {"precision": precision, "target": str(plain.model_dir), "draft": str(draft_dir), "rows": summary,
             "costs": costs}
 
 
@@ -212,6 +235,11 @@ def main() -> None:
     parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1.0 = plain greedy (the demo uses 1.2)")
     parser.add_argument("--head-size", type=int, default=None,
                         help="export the draft with a reduced LM head of this many ids (needs DRAFT/draft_head.json)")
+    parser.add_argument("--rows", default=",".join(name for name, _, _ in ROWS),
+                        help=f"which settings to run, of {', '.join(ALL_ROWS)}")
+    parser.add_argument("--target-properties", type=json.loads, default=None,
+                        help='JSON OpenVINO settings for plain and verifying target, e.g. '
+                             '\'{"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}\'')
     parser.add_argument("--cache", type=Path, default=cache_dir() / "bench" / "spec-drafts")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -226,7 +254,8 @@ def main() -> None:
     precisions = (args.precisions or ("int8" if args.quick else "int8,fp32")).split(",")
     items = prompts(args.quick, args.prompts)
     results = [run_precision(p, source, items, args.max_new_tokens, args.repetition_penalty, args.cache,
-                             args.head_size) for p in precisions]
+                             args.head_size, [ALL_ROWS[r] for r in args.rows.split(",")], args.target_properties)
+               for p in precisions]
     text = table(results)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

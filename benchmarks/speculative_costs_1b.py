@@ -40,6 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default="int4", help="the bench-1b export's precision (as `llavakit bench` made it)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--properties", type=json.loads, default=None,
+                    help='OpenVINO settings over VERIFY_PROPERTIES, e.g. \'{"DYNAMIC_QUANTIZATION_GROUP_SIZE": 32}\'')
     a = ap.parse_args()
     root = cache_dir() / "bench" / "bench-1b"
     exports = sorted((root / "exports").glob(f"{a.weights}-*[!M]"))  # not the llama.cpp GGUF folder
@@ -51,7 +53,7 @@ def main() -> None:
         src = make_random_eagle(root / "llava", root / "eagle-random-src", seed=0)
         (src / "draft_head.json").write_text(json.dumps({"head_ids": list(range(8192))}))
         export_eagle_draft(src, root / "llava", draft_dir, weights=a.weights, force=True, head_size=8192)
-    spec = Pipeline(target, draft=draft_dir, properties=dict(VERIFY_PROPERTIES))
+    spec = Pipeline(target, draft=draft_dir, properties={**VERIFY_PROPERTIES, **(a.properties or {})})
     backend = spec.backend
     prepared = backend.prepare([{"role": "user", "content": [{"type": "text", "text": "Write a short story about "
                                                               "a lighthouse keeper who finds a message."}]}], [])
@@ -70,7 +72,7 @@ def main() -> None:
     draft.run(np.zeros((32, row.shape[1]), np.float32), np.zeros((32, row.shape[1]), np.float32), np.arange(32))
     costs["draft_step_ms"] = median_ms(lambda i: draft.run(row, row, np.array([draft.length])))
     costs = {k: round(v, 2) for k, v in costs.items()}
-    result = {"target": str(target), "costs": costs, "c": round(costs["draft_step_ms"] / costs["target_step_ms"], 3),
+    result = {"target": str(target), "properties": a.properties, "costs": costs, "c": round(costs["draft_step_ms"] / costs["target_step_ms"], 3),
               "agreement_assumed": AGREEMENT, "predicted_speedup": {f"k={k}": round(predicted(costs, k), 2)
                                                                    for k in (1, 2, 3)},
               "date": time.strftime("%Y-%m-%d %H:%M")}

@@ -182,7 +182,10 @@ class EagleState:
         self.feature = hidden[-1]
 
     def propose(self, last: int, position: int, k: int, pick) -> list[int]:
-        """k drafts after ``last`` (at ``position``); ``pick(logits) -> token`` chooses each."""
+        """k drafts after ``last`` (at ``position``); ``pick(logits (N,), drafts so far) -> token`` chooses each.
+
+        One draft call runs the owed rows and ``last`` together (their true features); steps 2..k feed the
+        draft's own predicted feature, one row each."""
         draft = self.draft
         embeds = np.concatenate([self.owed_embeds, self.embed([last])])  # (m + 1, H)
         prev = np.concatenate([self.owed_prev, self.feature[None]])
@@ -198,9 +201,9 @@ class EagleState:
         return proposals
 
     def accepted(self, tokens: list[int], hidden: np.ndarray, position: int) -> None:
-        """After verification: ``tokens`` = [t, d1..d_ok]'s accepted drafts d1..d_ok; ``hidden`` (k+1, H) the
-        target's features of [t, d1..dk]; ``position`` = t's. The draft drops its guessed rows and owes the
-        accepted ones with their true features."""
+        """After verification: ``tokens`` = the accepted drafts d1..d_ok; ``hidden`` (k+1, H) = the target's
+        features of [t, d1..dk]; ``position`` = t's. The draft drops its rows built on guessed features (after
+        ``t``'s) and owes the accepted drafts with their true features; hidden[ok] chose the next token."""
         self.draft.cut(self.committed)
         n = len(tokens)
         self.owed_embeds = self.embed(tokens) if n else self.owed_embeds[:0]  # (n, H)

@@ -8,6 +8,6 @@ W=/root/h6; OUT=${OUT:-/tmp/out}
 source scripts/gpu/gguf_parts.sh  # sets G
 timeout ${TRAIN_TIMEOUT:-450} python3 scripts/gpu/train_eagle.py --gguf $G \
   --data $W/data --work $W/eagle --out $W/eagle_out ${EAGLE_ARGS:-} 2>&1 | grep -v "Warning\|warn("
-cp $W/eagle_out/eagle_report.json $OUT/ 2>/dev/null
+cp $W/eagle_out/eagle_report.json $OUT/ 2>/dev/null  # written after each draft
 tar -C $W/eagle_out -cf - $(cd $W/eagle_out && ls -d eagle-*) | split -b 15M - $OUT/eagle.tar.part-
 ls -la $OUT; echo "total ${SECONDS}s"

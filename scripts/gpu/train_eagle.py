@@ -294,7 +294,8 @@ def main() -> None:
         log(f"eagle draft, {layers} layer(s): {params / 1e6:.2f} M parameters")
         history = train(draft, head, teacher, rows, rows.items, held, a.steps, a.batch, a.lr, a.noise, save)
         report["drafts"][f"L{layers}"] = {"params_m": round(params / 1e6, 2), "history": history}
-    (out / "eagle_report.json").write_text(json.dumps(report, indent=1))
+        (out / "eagle_report.json").write_text(json.dumps(report, indent=1))  # after each draft: a time limit
+        # that kills the next one keeps this one's table
     log(f"done in {time.time() - t0:.0f} s")
 
 

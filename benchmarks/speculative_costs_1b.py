@@ -16,14 +16,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-from speculative_budget_bench import median_ms  # same folder
+from speculative_budget_bench import step_costs  # same folder
 
 from llavakit import Pipeline
 from llavakit.checkpoints.demo import cache_dir
 from llavakit.checkpoints.random_parts import make_random_eagle
 from llavakit.export.eagle import export_eagle_draft
-from llavakit.runtime.speculative import VERIFY_PROPERTIES, TargetKV
+from llavakit.runtime.speculative import VERIFY_PROPERTIES
 
 #: teacher-forced agreement of the trained 1-layer feature draft with budget on the bench's text prompts
 #: (benchmarks/speculative.md): step 1 right, steps 1 and 2 right, steps 1-3 right (estimated as both * acc2)
@@ -54,25 +53,8 @@ def main() -> None:
         (src / "draft_head.json").write_text(json.dumps({"head_ids": list(range(8192))}))
         export_eagle_draft(src, root / "llava", draft_dir, weights=a.weights, force=True, head_size=8192)
     spec = Pipeline(target, draft=draft_dir, properties={**VERIFY_PROPERTIES, **(a.properties or {})})
-    backend = spec.backend
-    prepared = backend.prepare([{"role": "user", "content": [{"type": "text", "text": "Write a short story about "
-                                                              "a lighthouse keeper who finds a message."}]}], [])
-    costs: dict[str, float] = {}
-    backend.reset()
-    backend.prefill(prepared)
-    costs["target_step_ms"] = median_ms(lambda i: backend.decode_one(100 + i % 50), n=16)
-    for n in (2, 3, 4):
-        backend.reset()
-        backend.prefill(prepared)
-        kv = TargetKV(backend)
-        costs[f"verify_{n}_ms"] = median_ms(lambda i, kv=kv, n=n: kv.verify([100 + (i + j) % 50 for j in range(n)]), n=10)
-    draft = spec.speculative.draft
-    row = np.zeros((1, draft.we.shape[0]), dtype=np.float32)
-    draft.reset()
-    draft.run(np.zeros((32, row.shape[1]), np.float32), np.zeros((32, row.shape[1]), np.float32), np.arange(32))
-    costs["draft_step_ms"] = median_ms(lambda i: draft.run(row, row, np.array([draft.length])))
-    costs = {k: round(v, 2) for k, v in costs.items()}
-    result = {"target": str(target), "properties": a.properties, "costs": costs, "c": round(costs["draft_step_ms"] / costs["target_step_ms"], 3),
+    costs = step_costs(spec, draft_dir)  # the budget bench's measurement: decode step, verify 2-5, draft step
+    result = {"target": str(target), "properties": a.properties, "costs": costs, "c": costs.pop("c"),
               "agreement_assumed": AGREEMENT, "predicted_speedup": {f"k={k}": round(predicted(costs, k), 2)
                                                                    for k in (1, 2, 3)},
               "date": time.strftime("%Y-%m-%d %H:%M")}

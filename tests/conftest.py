@@ -127,3 +127,34 @@ def smollm2_processor(parts):  # noqa: ANN201 (a transformers LlavaProcessor)
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
                           chat_template=template)
+
+
+FORK_PROMPTS = [("Describe it.", (200, 30, 30)), ("What shape?", (30, 200, 30)), ("Colour?", (30, 30, 200))]
+
+
+@pytest.fixture(scope="session")
+def decode_forks():
+    """``decode_forks(reference, pipe, n, max_new_tokens)`` -> (expected token ids, forks, results): the first n
+    FORK_PROMPTS answered by ``reference`` one by one, then by n ``pipe.fork()``s at once from threads (how the
+    server's slots run). Serving, speculative and EAGLE tests compare the two."""
+    import threading
+
+    def run(pipe, text: str, color: tuple[int, int, int], max_new_tokens: int):  # noqa: ANN001, ANN202
+        return pipe.generate(text, images=[Image.new("RGB", (40, 30), color)], max_new_tokens=max_new_tokens,
+                             ignore_eos=True)
+
+    def decode(reference, pipe, n: int, max_new_tokens: int):  # noqa: ANN001, ANN202
+        prompts = FORK_PROMPTS[:n]
+        expected = [run(reference, text, color, max_new_tokens).token_ids for text, color in prompts]
+        forks = [pipe.fork() for _ in prompts]
+        results: list = [None] * n
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, run(forks[i], *prompts[i],
+                                                                                  max_new_tokens)))
+                   for i in range(n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return expected, forks, results
+
+    return decode

@@ -132,25 +132,10 @@ def test_proposals_at_k1_are_the_teacher_forced_predictions(spec, eagle_src, tin
     assert [token for _, token in seen] == expected
 
 
-def test_forks_with_an_eagle_draft_decode_concurrently_like_plain(plain, spec) -> None:
-    import threading
-
-    from PIL import Image
-
-    prompts = [("Describe it.", (200, 30, 30)), ("What shape?", (30, 200, 30))]
-    run = lambda pipe, text, color: pipe.generate(text, images=[Image.new("RGB", (40, 30), color)],  # noqa: E731
-                                                  max_new_tokens=16, ignore_eos=True)
-    expected = [run(plain, text, color).token_ids for text, color in prompts]
-    forks = [spec.fork() for _ in prompts]
+def test_forks_with_an_eagle_draft_decode_concurrently_like_plain(plain, spec, decode_forks) -> None:
+    expected, forks, results = decode_forks(plain, spec, 2, 16)
     assert forks[0].speculative.draft._lm is not forks[1].speculative.draft._lm
-    got: dict[int, object] = {}
-    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, run(forks[i], *prompts[i])))
-               for i in range(len(prompts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [got[i].token_ids for i in range(len(prompts))] == expected
+    assert [r.token_ids for r in results] == expected
 
 
 def test_export_errors_are_clear(eagle_src, tiny_llava, tmp_path) -> None:

@@ -44,25 +44,10 @@ def test_many_clients_no_5xx_bounded_queue_and_memory(tiny_export: Path) -> None
         server.stop()
 
 
-def test_forked_slots_decode_concurrently_like_one(ov_pipeline) -> None:  # noqa: ANN001
+def test_forked_slots_decode_concurrently_like_one(ov_pipeline, decode_forks) -> None:  # noqa: ANN001
     """Slots are Pipeline.fork()s: run at once from threads, each gives exactly the single-slot answer."""
-    import threading
-
-    from PIL import Image
-
-    prompts = [("Describe it.", (200, 30, 30)), ("What shape?", (30, 200, 30)), ("Colour?", (30, 30, 200))]
-    run = lambda pipe, text, color: pipe.generate(text, images=[Image.new("RGB", (40, 30), color)],  # noqa: E731
-                                                  max_new_tokens=24, ignore_eos=True).token_ids
-    expected = [run(ov_pipeline, text, color) for text, color in prompts]
-    forks = [ov_pipeline.fork() for _ in prompts]
-    got: dict[int, list[int]] = {}
-    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, run(forks[i], *prompts[i])))
-               for i in range(len(prompts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [got[i] for i in range(len(prompts))] == expected
+    expected, forks, results = decode_forks(ov_pipeline, ov_pipeline, 3, 24)
+    assert [r.token_ids for r in results] == expected
     assert forks[0].backend._lm is not ov_pipeline.backend._lm  # its own KV state
 
 

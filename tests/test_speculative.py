@@ -221,28 +221,13 @@ def test_chat_cli_with_a_draft(tiny_export, draft_other) -> None:
     assert "accepted" in result.output
 
 
-def test_forks_with_a_draft_decode_concurrently_like_plain(plain, spec_other) -> None:
+def test_forks_with_a_draft_decode_concurrently_like_plain(plain, spec_other, decode_forks) -> None:
     """Serving slots are Pipeline.fork()s: each fork drafts and verifies on KV states of its own."""
-    import threading
-
-    from PIL import Image
-
-    prompts = [("Describe it.", (200, 30, 30)), ("What shape?", (30, 200, 30)), ("Colour?", (30, 30, 200))]
-    run = lambda pipe, text, color: pipe.generate(text, images=[Image.new("RGB", (40, 30), color)],  # noqa: E731
-                                                  max_new_tokens=20, ignore_eos=True)
-    expected = [run(plain, text, color).token_ids for text, color in prompts]
-    forks = [spec_other.fork() for _ in prompts]
+    expected, forks, results = decode_forks(plain, spec_other, 3, 20)
     assert forks[0].speculative.draft._lm is not forks[1].speculative.draft._lm
     assert forks[0].backend._lm.request is not spec_other.backend._lm.request
-    got: dict[int, object] = {}
-    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, run(forks[i], *prompts[i])))
-               for i in range(len(prompts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert [got[i].token_ids for i in range(len(prompts))] == expected
-    assert all(got[i].speculative.drafted > 0 for i in got)
+    assert [r.token_ids for r in results] == expected
+    assert all(r.speculative.drafted > 0 for r in results)
 
 
 def test_serve_with_a_draft(tiny_export, draft_other, plain, red_image) -> None:

@@ -40,7 +40,6 @@ def is_eagle_source(path: Path) -> bool:
 
 def load_eagle_body(src: Path):
     """(LlamaModel body in fp32, fc weight (H, 2H), fc bias (H,)) from a trained EAGLE directory."""
-    import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel
 
@@ -58,7 +57,7 @@ def load_eagle_body(src: Path):
     if tuple(weight.shape) != (hidden, 2 * hidden) or tuple(bias.shape) != (hidden,):
         raise ModelLoadError(f"{src}/{TRAINED_FC}: fc weight {tuple(weight.shape)} / bias {tuple(bias.shape)} do "
                              f"not fit hidden size {hidden} (expected ({hidden}, {2 * hidden}) / ({hidden},))")
-    return body, weight.to(torch.float32), bias.to(torch.float32)
+    return body, weight, bias
 
 
 def target_head(target: str | Path):
@@ -76,6 +75,7 @@ def export_eagle_draft(source: str | Path, target: str | Path, out: str | Path, 
                        force: bool = False, head_size: int | None = None, head_file: Path | None = None) -> Path:
     """Export the trained EAGLE draft at ``source`` for the VLM ``target`` into ``out``; returns ``out``."""
     import torch
+    from transformers import AutoTokenizer
 
     from llavakit.export.compress import CompressionOptions, compress_language_model, save_as_fp16
     from llavakit.export.convert import convert_language_model
@@ -102,8 +102,6 @@ def export_eagle_draft(source: str | Path, target: str | Path, out: str | Path, 
             head = head_subset(head, head_ids)  # (N, H): logits for the head ids only
         model = SimpleNamespace(config=body.config, model=SimpleNamespace(language_model=body), lm_head=head)
         hidden = body.config.hidden_size
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(src)
         with atomic_directory(out) as tmp:
             language = add_hidden_output(compress_language_model(convert_language_model(model), options))

@@ -44,7 +44,8 @@ import openvino as ov
 
 from llavakit.errors import ModelLoadError
 from llavakit.export import layout
-from llavakit.runtime.ov_backend import PRECISE, keep_kv_positions, lm_cpu_defaults, pick_ov_device
+from llavakit.runtime.ov_backend import PRECISE, head_matmul, keep_kv_positions, lm_cpu_defaults, pick_ov_device
+from llavakit.runtime.speculative import MultiLogitsRequest
 
 EAGLE_FC = "eagle_fc.npz"  # fc of the draft: we (H, H), wf (H, H), bias (H,), x = e @ we + f @ wf + bias
 HIDDEN = "hidden_states"
@@ -58,10 +59,7 @@ def add_hidden_output(model: ov.Model) -> ov.Model:
     """
     if any(HIDDEN in out.get_names() for out in model.outputs):
         return model
-    node = model.output("logits").get_node().input_value(0).get_node()
-    while node.get_type_name() != "MatMul":
-        node = node.input_value(0).get_node()
-    port = node.input_value(0)  # (B, T, H)
+    port = head_matmul(model).input_value(0)  # (B, T, H)
     port.get_tensor().add_names({HIDDEN})
     model.add_outputs([port])
     return model
@@ -85,7 +83,6 @@ class EagleDraft:
         with np.load(fc_path) as fc:
             self.we, self.wf, self.bias = (fc[k].astype(np.float32) for k in ("we", "wf", "bias"))  # (H,H) (H,H) (H,)
         config = json.loads((self.dir / layout.CONFIG).read_text())
-        self.vocab_size = int(config["vocab_size"])
         head = marker.get("head_ids")
         self.head_ids = None if head is None else np.asarray(head, dtype=np.int64)  # (N,) id of each logit
         self.max_context = int(config.get("max_position_embeddings", 4096))
@@ -130,28 +127,23 @@ class EagleDraft:
         return logits, feature
 
 
-class FeatureRequest:
-    """The target LM's verifying request (``num_logits`` = 1 unless asked) that can record what it ran:
-    while ``recording`` is a list, each infer appends (inputs_embeds (T, H), hidden states (T, H), positions (T,))."""
+class FeatureRequest(MultiLogitsRequest):
+    """The target LM's verifying request that also keeps what its last infer ran: ``last`` = (inputs_embeds
+    (T, H), hidden states (T, H)); while ``recording`` is a list, each infer also appends (inputs_embeds,
+    hidden states, positions (T,)) to it (the prefill's chunks, for the draft)."""
 
     def __init__(self, request: ov.InferRequest) -> None:
-        self.request = request
+        super().__init__(request)
         self.recording: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
 
     def infer(self, inputs: dict) -> Any:
-        result = self.request.infer({"num_logits": np.ones(1, dtype=np.int64), **inputs})
+        result = super().infer(inputs)
+        embeds = np.array(inputs["inputs_embeds"][0], dtype=np.float32)  # (T, H): a copy, the caller reuses its buffer
+        self.last = (embeds, self.request.get_tensor(HIDDEN).data[0].copy())  # (T, H) each
         if self.recording is not None:
-            self.recording.append((np.array(inputs["inputs_embeds"][0], dtype=np.float32),
-                                   self.request.get_tensor(HIDDEN).data[0].copy(),
-                                   np.array(inputs["position_ids"][0], dtype=np.int64)))
+            self.recording.append((*self.last, np.array(inputs["position_ids"][0], dtype=np.int64)))
         return result
-
-    def hidden(self) -> np.ndarray:
-        """The hidden states of the last infer, (T, H)."""
-        return self.request.get_tensor(HIDDEN).data[0].copy()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.request, name)
 
     def fork(self) -> FeatureRequest:
         return FeatureRequest(self.request.get_compiled_model().create_infer_request())
@@ -200,13 +192,14 @@ class EagleState:
                 logits, feature = draft.run(self.embed([token]), feature[None], np.array([position + 1 + i]))
         return proposals
 
-    def accepted(self, tokens: list[int], hidden: np.ndarray, position: int) -> None:
-        """After verification: ``tokens`` = the accepted drafts d1..d_ok; ``hidden`` (k+1, H) = the target's
-        features of [t, d1..dk]; ``position`` = t's. The draft drops its rows built on guessed features (after
-        ``t``'s) and owes the accepted drafts with their true features; hidden[ok] chose the next token."""
+    def accepted(self, tokens: list[int], embeds: np.ndarray, hidden: np.ndarray, position: int) -> None:
+        """After verification: ``tokens`` = the accepted drafts d1..d_ok; ``embeds`` and ``hidden`` (k+1, H) =
+        the verify pass's input embeddings and the target's features of [t, d1..dk]; ``position`` = t's. The
+        draft drops its rows built on guessed features (after ``t``'s) and owes the accepted drafts with their
+        true features; hidden[ok] chose the next token."""
         self.draft.cut(self.committed)
         n = len(tokens)
-        self.owed_embeds = self.embed(tokens) if n else self.owed_embeds[:0]  # (n, H)
+        self.owed_embeds = embeds[1:1 + n]  # (n, H): d1..d_ok, as the verify pass embedded them
         self.owed_prev = hidden[:n]  # feature of t, d1, ..., d_{n-1}
         self.owed_pos = np.arange(position + 1, position + 1 + n, dtype=np.int64)
         self.feature = hidden[n]  # the feature that chose the next t

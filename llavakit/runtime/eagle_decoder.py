@@ -23,9 +23,9 @@ class EagleDecoder(SpeculativeDecoder):
     """Speculative decoding whose draft extrapolates the target's last hidden state."""
 
     features = True
+    _state: EagleState | None = None  # per generation, made by _prefill
 
     def _load_draft(self, draft_dir: Path, device: str | None, properties: dict | None, precise: bool) -> EagleDraft:
-        self._state: EagleState | None = None
         return EagleDraft(draft_dir, draft_marker(draft_dir), device, properties, precise)
 
     def fork(self, target: OpenVINOBackend) -> EagleDecoder:
@@ -57,5 +57,5 @@ class EagleDecoder(SpeculativeDecoder):
         return proposals, rows
 
     def _verified(self, accepted: list[int], position: int) -> None:
-        self._state.accepted(accepted, self.target._lm.hidden(), position)
+        self._state.accepted(accepted, *self.target._lm.last, position)
 

@@ -422,6 +422,15 @@ def _bind(request: ov.InferRequest, ports: dict[str, ov.ConstOutput], tensors: d
         request.set_tensor(ports[name], tensor)
 
 
+def head_matmul(model: ov.Model) -> ov.Node:
+    """The LM head's MatMul (walking up from ``logits`` past any post-processing); its input 0 is the
+    post-norm last hidden state (B, T, D)."""
+    node = model.output("logits").get_node().input_value(0).get_node()
+    while node.get_type_name() != "MatMul":
+        node = node.input_value(0).get_node()
+    return node
+
+
 def keep_last_logits(model: ov.Model) -> ov.Model:
     """Compute the LM head for the last position only.
 
@@ -432,9 +441,7 @@ def keep_last_logits(model: ov.Model) -> ov.Model:
     """
     from openvino import opset13 as ops
 
-    node = model.output("logits").get_node().input_value(0).get_node()
-    while node.get_type_name() != "MatMul":
-        node = node.input_value(0).get_node()
+    node = head_matmul(model)
     hidden = node.input_value(0)  # (B, T, D)
     last = ops.slice(hidden, np.array([-1]), np.array([np.iinfo(np.int64).max]), np.array([1]), np.array([1]))
     node.input(0).replace_source_output(last.output(0))  # (B, 1, D)

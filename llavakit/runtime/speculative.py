@@ -89,6 +89,7 @@ from llavakit.runtime.ov_backend import (
     PRECISE,
     OpenVINOBackend,
     OwnRequest,
+    head_matmul,
     keep_kv_positions,
     lm_cpu_defaults,
     pick_ov_device,
@@ -98,6 +99,15 @@ from llavakit.runtime.text_stream import TextStream
 from llavakit.runtime.types import GenerationConfig, GenerationResult, Metrics
 
 DRAFT_MARKER = "llavakit_draft.json"  # written by export/draft.py
+
+
+def draft_marker(draft_dir: str | Path) -> dict:
+    """The draft's ``llavakit_draft.json`` (a clear error when it is not a draft export)."""
+    path = Path(draft_dir) / DRAFT_MARKER
+    if not path.is_file():
+        raise ModelLoadError(f"{draft_dir} is not a llavakit draft export (missing {DRAFT_MARKER}); "
+                             "make one with `llavakit export-draft LM_DIR --out DIR`")
+    return json.loads(path.read_text())
 
 
 @dataclass
@@ -136,9 +146,7 @@ def keep_last_n_logits(model: ov.Model) -> ov.Model:
     """Compute the LM head for the last ``num_logits`` positions (a new (1,) i64 input)."""
     from openvino import opset13 as ops
 
-    node = model.output("logits").get_node().input_value(0).get_node()
-    while node.get_type_name() != "MatMul":
-        node = node.input_value(0).get_node()
+    node = head_matmul(model)
     count = ops.parameter(ov.PartialShape([1]), ov.Type.i64, name="num_logits")
     count.output(0).get_tensor().set_names({"num_logits"})
     model.add_parameters([count])
@@ -188,9 +196,7 @@ class DraftModel:
     def __init__(self, draft_dir: str | Path, device: str | None = None, properties: dict | None = None,
                  precise: bool = False) -> None:
         self.dir = Path(draft_dir)
-        if not (self.dir / DRAFT_MARKER).is_file():
-            raise ModelLoadError(f"{self.dir} is not a llavakit draft export (missing {DRAFT_MARKER}); "
-                                 "make one with `llavakit export-draft LM_DIR --out DIR`")
+        marker = draft_marker(self.dir)
         core = ov.Core()
         props = {**(PRECISE if precise else {}), **(properties or {})}
         device = pick_ov_device(core, device)
@@ -199,7 +205,7 @@ class DraftModel:
         self._text = OwnRequest(core.compile_model(self.dir / layout.TEXT_EMBEDDINGS, device, props))  # see own_requests
         config = json.loads((self.dir / layout.CONFIG).read_text())
         self.vocab_size = int(config["vocab_size"])
-        head = json.loads((self.dir / DRAFT_MARKER).read_text()).get("head_ids")
+        head = marker.get("head_ids")
         self.head_ids = None if head is None else np.asarray(head, dtype=np.int64)  # (N,) id of each logit
         self.max_context = int(config.get("max_position_embeddings", 4096))
         self.keys: list[int] = []
@@ -349,15 +355,6 @@ class TargetKV:
 
 
 # --- the decoding loop --------------------------------------------------------------------------
-def draft_marker(draft_dir: str | Path) -> dict:
-    """The draft's ``llavakit_draft.json`` (a clear error when it is not a draft export)."""
-    path = Path(draft_dir) / DRAFT_MARKER
-    if not path.is_file():
-        raise ModelLoadError(f"{draft_dir} is not a llavakit draft export (missing {DRAFT_MARKER}); "
-                             "make one with `llavakit export-draft LM_DIR --out DIR`")
-    return json.loads(path.read_text())
-
-
 def speculative_decoder(target: OpenVINOBackend, model_dir: Path, draft_dir: str | Path, *args: Any,
                         **kwargs: Any) -> SpeculativeDecoder:
     """The decoder for the draft at ``draft_dir``: an independent draft LM, or an EAGLE feature draft."""

@@ -263,16 +263,29 @@ def kl_to_teacher(teacher, ids, mask, labels, logits):
     return (t_logp.exp() * (t_logp - d_logp)).sum(-1).mean()
 
 
+def adamw_cosine(model, lr: float, steps: int, weight_decay: float):
+    """AdamW (betas 0.9 / 0.95) with a linear warm-up over 1/30 of ``steps`` and a cosine decay to 0."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    warm = max(1, steps // 30)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    return opt, sched
+
+
+def optimizer_step(loss, model, opt, sched) -> None:
+    """Backward, clip the gradient norm to 1, step the optimizer and the schedule."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+
+
 def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int, teacher=None,
           kl_rows: int = 0, save=None, head: list[int] | None = None) -> list[dict]:
     """Cross-entropy on budget's greedy answers; with ``teacher``, plus KL to its logits on the first
     ``kl_rows`` rows (the text rows: the teacher sees no image here, so image rows keep hard labels only).
     ``save(model)`` runs at every agreement check, so a run killed by a time limit still leaves a draft."""
     model.to(DEV).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    warm = max(1, steps // 30)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    opt, sched = adamw_cosine(model, lr, steps, weight_decay=0.01)
     history = []
     start = time.time()
     text_rows, image_rows = rows[:kl_rows], rows[kl_rows:]
@@ -288,9 +301,7 @@ def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int, 
             loss = out.loss
             if teacher is not None and kind == "text":
                 loss = loss + kl_to_teacher(teacher, ids, mask, labels, out.logits)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, model, opt, sched)
         if step % 250 == 0 or step == steps - 1:
             row = {"step": step, "loss": round(loss.item(), 4), "kind": kind, "s": round(time.time() - start, 1)}
             if step % 1000 == 0 or step == steps - 1:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -44,7 +43,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_draft import (  # noqa: E402  (same folder; the teacher and its data are shared)
-    DEV, GENERAL_PROMPTS, budget_teacher, greedy_answers, render, sample_user_turns, shapes_questions,
+    DEV, GENERAL_PROMPTS, adamw_cosine, budget_teacher, greedy_answers, optimizer_step, render, sample_user_turns,
+    shapes_questions,
 )
 
 BENCH_PROMPTS = Path(__file__).parents[2] / "benchmarks" / "speculative_prompts.txt"
@@ -180,10 +180,7 @@ def agreement(draft, head, teacher, rows: Rows, items: list[dict]) -> dict:
 def train(draft, head, teacher, rows: Rows, train_items, held: dict, steps: int, batch: int, lr: float,
           noise: float, save) -> list[dict]:
     draft.to(DEV).train()
-    opt = torch.optim.AdamW(draft.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    warm = max(1, steps // 30)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    opt, sched = adamw_cosine(draft, lr, steps, weight_decay=0.0)
     rng = random.Random(0)
     order: list[int] = []
     history, start = [], time.time()
@@ -196,9 +193,7 @@ def train(draft, head, teacher, rows: Rows, train_items, held: dict, steps: int,
         embeds, feats = teacher_pass(teacher, ids, mask, pixels)
         with torch.autocast(DEV, dtype=torch.bfloat16, enabled=DEV == "cuda"):
             (l1, l2), _, _ = step_losses(draft, head, embeds, feats, mask, answer, noise)
-        (l1 + l2).backward()
-        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        optimizer_step(l1 + l2, draft, opt, sched)
         if step % 250 == 0 or step == steps - 1:
             row = {"step": step, "loss1": round(l1.item(), 4), "loss2": round(l2.item(), 4),
                    "s": round(time.time() - start, 1)}

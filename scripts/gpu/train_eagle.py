@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
+from template_prompts import template_prompts  # noqa: E402
 from train_draft import (  # noqa: E402  (same folder; the teacher and its data are shared)
     DEV, GENERAL_PROMPTS, adamw_cosine, budget_teacher, greedy_answers, optimizer_step, render, sample_user_turns,
     shapes_questions,
@@ -211,6 +212,8 @@ def main() -> None:
     ap.add_argument("--work", required=True), ap.add_argument("--out", required=True)
     ap.add_argument("--text-prompts", type=int, default=4000), ap.add_argument("--image-prompts", type=int, default=1000)
     ap.add_argument("--openers", type=float, default=0.5)
+    ap.add_argument("--template-prompts", type=int, default=0,
+                    help="also this many everyday prompts from template_prompts.py (bench prompts held out)")
     ap.add_argument("--steps", type=int, default=3000), ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4), ap.add_argument("--noise", type=float, default=0.05)
     ap.add_argument("--layers", default="1", help="comma-separated draft depths to train, one after another")
@@ -230,9 +233,10 @@ def main() -> None:
         from llavakit.checkpoints.demo import EXAMPLE_IMAGE
 
         general = [p.strip() for p in GENERAL_PROMPTS.read_text().splitlines() if p.strip()]
-        user = sample_user_turns(teacher, processor, a.text_prompts, min(1024, a.text_prompts), a.openers) + general
-        questions, images = shapes_questions(Path(a.data), a.image_prompts, 0)
         bench_text = [p.strip() for p in BENCH_PROMPTS.read_text().splitlines() if p.strip()]
+        user = sample_user_turns(teacher, processor, a.text_prompts, min(1024, a.text_prompts), a.openers) + general
+        user += template_prompts(a.template_prompts, held_out=bench_text)
+        questions, images = shapes_questions(Path(a.data), a.image_prompts, 0)
         example = Image.open(EXAMPLE_IMAGE).convert("RGB")
         data = {"user": user, "questions": questions, "images": images, "bench_text": bench_text,
                 "bench_q": BENCH_IMAGE_QUESTIONS, "bench_images": [example] * len(BENCH_IMAGE_QUESTIONS),

@@ -174,8 +174,10 @@ def chat(
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable).")] = None,
     stats: Annotated[bool, typer.Option(help="Print time to first token and tokens/s.")] = True,
     draft: Annotated[Optional[Path], typer.Option(
-        help="Draft LM for speculative decoding (a `llavakit export-draft` directory; openvino backend).")] = None,
-    draft_k: Annotated[int, typer.Option(help="Tokens the draft proposes per verify pass.")] = 4,
+        help="Draft for speculative decoding: a `llavakit export-draft` directory, or budget-eagle (the draft "
+             "shipped for budget); openvino backend.")] = None,
+    draft_k: Annotated[Optional[int], typer.Option(
+        help="Tokens the draft proposes per verify pass (default: the draft's recommendation, else 4).")] = None,
     adapter: Annotated[Optional[list[str]], typer.Option(
         help="PEFT LoRA adapter directory, optionally ':alpha' (repeatable: a weighted mix). OpenVINO needs an "
              "export with --lora-slots.")] = None,

@@ -19,11 +19,12 @@ HELP = "commands: /image PATH (attach to next question), /reset (new conversatio
 
 
 def open_pipeline(model: str, backend: str | None, device: str | None, err: Console,
-                  weights: str = "int4", draft: str | None = None, draft_k: int = 4,
+                  weights: str = "int4", draft: str | None = None, draft_k: int | None = None,
                   adapters: dict[str, str] | None = None, precise: bool = False) -> Pipeline:
     """Load the model with a spinner on stderr (the first use of a HF checkpoint exports it).
 
-    ``draft``: a ``llavakit export-draft`` directory for speculative decoding (``draft_k`` tokens a step).
+    ``draft``: a ``llavakit export-draft`` directory or ``budget-eagle``, for speculative decoding (``draft_k``
+    tokens a step; None: the draft's recommendation).
     ``adapters``: PEFT LoRA adapters by name (``runtime/lora.py``).
     ``precise``: f32 OpenVINO settings (``runtime/ov_backend.PRECISE``).
     """

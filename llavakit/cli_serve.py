@@ -40,9 +40,10 @@ def serve(
         help="LoRA adapter NAME=PATH (repeatable): listed in /v1/models, picked by a request's model. OpenVINO "
              "needs an export with --lora-slots.")] = None,
     draft: Annotated[Optional[Path], typer.Option(
-        help="Draft LM for speculative decoding in every slot (a `llavakit export-draft` directory; openvino "
-             "backend, no adapters).")] = None,
-    draft_k: Annotated[int, typer.Option(help="Tokens the draft proposes per verify pass.")] = 4,
+        help="Draft for speculative decoding in every slot: a `llavakit export-draft` directory, or "
+             "budget-eagle (the draft shipped for budget); openvino backend, no adapters.")] = None,
+    draft_k: Annotated[Optional[int], typer.Option(
+        help="Tokens the draft proposes per verify pass (default: the draft's recommendation, else 4).")] = None,
     precise: Annotated[bool, typer.Option(
         help="OpenVINO in f32 (compute and KV cache, no dynamic activation quantization): slower, but the "
              "answers match transformers, and a draft's output equals plain greedy exactly on every CPU.")] = False,
@@ -72,5 +73,5 @@ def serve(
     where = f"http://{host}:{port}"
     err.print(f"serving {settings.model_name!r} on {where}/v1 ({len(application.state.engine.scheduler.slots)} "
               f"slot(s), queue {max_queue})" + (f", web chatbot at {where}/ui" if ui else "")
-              + (f", speculative decoding with {draft} (k={draft_k})" if draft else ""), highlight=False)
+              + (f", speculative decoding with {draft} (k={pipe.speculative.k})" if draft else ""), highlight=False)
     uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

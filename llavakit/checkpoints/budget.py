@@ -134,19 +134,25 @@ def _smollm2_vocab() -> int:
     return 49152  # SmolLM2's tokenizer size; llavakit's added tokens come after it
 
 
+def files_key(paths: list[Path], salt: str) -> str:
+    """A short cache key of committed files: names, sizes and last 4 KB (cheap; changes when retrained)."""
+    digest = hashlib.sha1(salt.encode())
+    for p in sorted(paths):
+        if p.is_file():
+            digest.update(f"{p.name}:{p.stat().st_size}".encode())
+            digest.update(p.read_bytes()[-4096:])
+    return digest.hexdigest()[:12]
+
+
 def ensure_budget_model(root: Path | None = None) -> Path:
     """The assembled budget model directory in the cache (built on first use, about a minute on a CPU)."""
     from llavakit.checkpoints.demo import cache_dir
     from llavakit.checkpoints.nano import nano_model_dir
 
     parts = budget_parts_dir()
-    digest = hashlib.sha1(BUILD_VERSION.encode())
-    for p in sorted([*parts.rglob("*"), *nano_model_dir().glob("*.safetensors")]):
-        if p.is_file():
-            digest.update(f"{p.name}:{p.stat().st_size}".encode())
-            digest.update(p.read_bytes()[-4096:])
+    key = files_key([*parts.rglob("*"), *nano_model_dir().glob("*.safetensors")], BUILD_VERSION)
     root = root or cache_dir()
-    out = root / f"budget-{digest.hexdigest()[:12]}"
+    out = root / f"budget-{key}"
     if (out / "config.json").is_file():
         return out
     from peft import PeftModel

@@ -2,8 +2,8 @@
 
 Input: the directory ``scripts/gpu/train_eagle.py`` writes — ``config.json`` and ``model.safetensors`` of
 the draft's body (a LlamaModel of 1-2 layers + final norm, no embedding table), ``eagle_fc.safetensors``
-(``weight`` (H, 2H), ``bias`` (H,)), the tokenizer and ``draft_head.json``. The draft has no LM head of
-its own: it predicts the TARGET's feature, so its logits come from the target's head, which is read from
+(``weight`` (H, 2H), ``bias`` (H,)), ``draft_head.json`` and the tokenizer (without one, the target's).
+The draft has no LM head of its own: it predicts the TARGET's feature, so its logits come from the target's head, which is read from
 the target checkpoint here (``--target``), cut to the ``head_size`` most frequent ids like any draft.
 
 Output: the same layout as ``export/draft.py`` (stateful language model IR, ``config.json``, tokenizer,
@@ -72,8 +72,11 @@ def target_head(target: str | Path):
 
 
 def export_eagle_draft(source: str | Path, target: str | Path, out: str | Path, weights: str = "int8",
-                       force: bool = False, head_size: int | None = None, head_file: Path | None = None) -> Path:
-    """Export the trained EAGLE draft at ``source`` for the VLM ``target`` into ``out``; returns ``out``."""
+                       force: bool = False, head_size: int | None = None, head_file: Path | None = None,
+                       marker_extra: dict | None = None) -> Path:
+    """Export the trained EAGLE draft at ``source`` for the VLM ``target`` into ``out``; returns ``out``.
+
+    ``marker_extra``: more fields for the draft's marker (the shipped draft's ``num_draft_tokens``)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -102,7 +105,10 @@ def export_eagle_draft(source: str | Path, target: str | Path, out: str | Path, 
             head = head_subset(head, head_ids)  # (N, H): logits for the head ids only
         model = SimpleNamespace(config=body.config, model=SimpleNamespace(language_model=body), lm_head=head)
         hidden = body.config.hidden_size
-        tokenizer = AutoTokenizer.from_pretrained(src)
+        # a trained draft directory carries the tokenizer; the one shipped with llavakit does not (it is the
+        # target's, the same SmolLM2 files again): then the target's is the draft's
+        has_tokenizer = (src / "tokenizer_config.json").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(src if has_tokenizer else resolve_source(target, "target model"))
         with atomic_directory(out) as tmp:
             language = add_hidden_output(compress_language_model(convert_language_model(model), options))
             ov.save_model(language, tmp / layout.LANGUAGE_MODEL, compress_to_fp16=save_as_fp16(options, "language"))
@@ -115,6 +121,6 @@ def export_eagle_draft(source: str | Path, target: str | Path, out: str | Path, 
             (tmp / DRAFT_MARKER).write_text(json.dumps({
                 "kind": "eagle", "source": str(source), "target": str(target), "weights": weights,
                 "vocab_size": int(text_config.vocab_size),
-                **({"head_ids": head_ids} if head_ids is not None else {}),
+                **({"head_ids": head_ids} if head_ids is not None else {}), **(marker_extra or {}),
                 "seconds": round(time.perf_counter() - start, 2)}, indent=2) + "\n")
     return out

@@ -45,9 +45,10 @@ class Pipeline:
     OpenVINO; ``gguf`` picks a file or type); "auto", the default, is "llamacpp"
     only where a measurement recorded it as faster on this machine
     (``runtime/backend_choice.py``), else "openvino".
-    ``draft`` (a ``llavakit export-draft`` directory) turns on speculative decoding on
-    the OpenVINO engine: the draft proposes ``num_draft_tokens`` tokens per step
-    (``draft_adaptive`` tunes that number), the model verifies them in one pass.
+    ``draft`` (a ``llavakit export-draft`` directory, or ``"budget-eagle"``, the draft
+    shipped for ``budget``) turns on speculative decoding on the OpenVINO engine: the
+    draft proposes ``num_draft_tokens`` tokens per step (default: what the draft's
+    marker recommends, else 4; ``draft_adaptive`` tunes it), the model verifies them in one pass.
     ``adapters`` ({name: PEFT adapter directory}) are LoRA adapters a call picks with
     ``adapter="name"``, ``"name:0.5"`` or a mix ``{"a": 0.5, "b": 0.5}`` (``runtime/lora.py``);
     on OpenVINO they need an export with ``--lora-slots``.
@@ -55,7 +56,7 @@ class Pipeline:
 
     def __init__(self, model: str | Path, backend: str | None = None, device: str | None = None,
                  weights: str = "int4", precise: bool = False, properties: dict | None = None,
-                 gguf: str | Path | None = None, draft: str | Path | None = None, num_draft_tokens: int = 4,
+                 gguf: str | Path | None = None, draft: str | Path | None = None, num_draft_tokens: int | None = None,
                  draft_adaptive: bool = False, adapters: dict[str, str | Path] | None = None) -> None:
         from llavakit.export.layout import is_exported
 
@@ -105,8 +106,12 @@ class Pipeline:
         if draft is not None and getattr(self.backend, "lora", None) is not None:
             raise LlavakitError("speculative decoding (draft=) does not run on an export with LoRA slots yet")
         if draft is not None:
-            from llavakit.runtime.speculative import speculative_decoder
+            from llavakit.checkpoints.budget_draft import resolve_draft
+            from llavakit.runtime.speculative import draft_marker, speculative_decoder
 
+            draft = resolve_draft(draft, self.model_dir)
+            if num_draft_tokens is None:
+                num_draft_tokens = int(draft_marker(draft).get("num_draft_tokens", 4))
             self.speculative = speculative_decoder(self.backend, self.model_dir, draft, num_draft_tokens,
                                                   adaptive=draft_adaptive, device=device, properties=properties,
                                                   precise=precise)

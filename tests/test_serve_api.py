@@ -76,6 +76,12 @@ def test_completion_with_image_and_stream_agree(client: openai.OpenAI) -> None:
     assert plain.usage.total_tokens == plain.usage.prompt_tokens + 12
     text_only = client.chat.completions.create(**{**args, "messages": ask("Describe the picture.")})
     assert plain.usage.prompt_tokens > text_only.usage.prompt_tokens  # image features take positions
+    # a question with the picture after it (the usual order in OpenAI's examples) is the same prompt: picture first
+    text_first = [{"role": "user", "content": ask("Describe the picture.", RED)[0]["content"][::-1]}]
+    assert text_first[0]["content"][0]["type"] == "text"
+    again = client.chat.completions.create(**{**args, "messages": text_first})
+    assert again.choices[0].message.content == plain.choices[0].message.content
+    assert again.usage.prompt_tokens == plain.usage.prompt_tokens
 
     chunks = list(client.chat.completions.create(**args, stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -233,3 +239,18 @@ def test_timeout_is_504(server: Server) -> None:
     assert_error(post(server, body), 504, "timeout", "timeout")
     assert time.monotonic() - started < 10
     assert post(server, {"model": MODEL, "messages": ask(), "max_tokens": 2}).status_code == 200
+
+
+def test_attached_pictures_go_first_and_interleaved_ones_stay() -> None:
+    from llavakit.serve.engine import conversation
+    from llavakit.serve.schemas import Message
+    from llavakit.serve.settings import ServeSettings
+
+    def kinds(*parts: dict) -> list[str]:
+        messages, refs = conversation([Message(role="user", content=list(parts))], ServeSettings())
+        return [p["type"] for p in messages[0]["content"]]
+
+    text, image = {"type": "text", "text": "Compare"}, {"type": "image_url", "image_url": {"url": RED}}
+    assert kinds(text, image) == ["image", "text"]  # a question with a picture attached
+    assert kinds(image, image, text) == ["image", "image", "text"]
+    assert kinds(text, image, {"type": "text", "text": "with"}, image) == ["text", "image", "text", "image"]

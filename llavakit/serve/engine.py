@@ -188,12 +188,25 @@ def conversation(messages: list[Message], settings: ServeSettings) -> tuple[list
             if IMAGE_TOKEN in text:
                 # Tags place the images, as in the CLI/Python API: one tag per image of this message.
                 parts = user_content(text, n_images)
+            elif _attached(content):
+                # A question with pictures attached ([text, image] as often as [image, text]): the pictures go
+                # first, as in the CLI/Python API and as LLaVA models are trained ("<image>\n" + question);
+                # budget asked "What is in this image?" after the picture names all three shapes, before it
+                # only one. Text between images keeps its place: that order is the user's.
+                parts = user_content(text, n_images)
             else:
                 parts = [{"type": "text", "text": p.text} if p.type == "text" else {"type": "image"} for p in content]
         elif role == "user" and content and IMAGE_TOKEN in content:
             parts = user_content(content, 0)  # raises: tags but no image
         out.append({"role": role, "content": parts})
     return out, refs
+
+
+def _attached(content: list) -> bool:
+    """Whether a message's parts are text and images in two runs (text then images, or images then text)."""
+    kinds = [part.type == "image_url" for part in content if part.type != "text" or part.text]
+    changes = sum(1 for a, b in zip(kinds, kinds[1:]) if a != b)
+    return any(kinds) and changes <= 1
 
 
 def generation_settings(request: ChatCompletionRequest, settings: ServeSettings) -> dict[str, Any]:

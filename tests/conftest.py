@@ -158,3 +158,11 @@ def decode_forks():
         return expected, forks, results
 
     return decode
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_export: Path):
+    """The tiny export without a draft at f32 settings: the greedy reference of the speculative tests."""
+    from llavakit import Pipeline
+
+    return Pipeline(tiny_export, precise=True)

@@ -31,11 +31,6 @@ def eagle_draft(tiny_llava: Path, eagle_src: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def plain(tiny_export: Path) -> Pipeline:
-    return Pipeline(tiny_export, precise=True)
-
-
-@pytest.fixture(scope="module")
 def spec(tiny_export: Path, eagle_draft: Path) -> Pipeline:
     return Pipeline(tiny_export, precise=True, draft=eagle_draft, num_draft_tokens=2)
 

@@ -36,11 +36,6 @@ def draft_other(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def plain(tiny_export: Path) -> Pipeline:
-    return Pipeline(tiny_export, precise=True)
-
-
-@pytest.fixture(scope="module")
 def spec_other(tiny_export: Path, draft_other: Path) -> Pipeline:
     return Pipeline(tiny_export, precise=True, draft=draft_other, num_draft_tokens=3)
 

@@ -316,10 +316,15 @@ def train(model, rows, held: dict, steps: int, batch: int, lr: float, pad: int, 
     return history
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def io_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The inputs and outputs every draft-training script takes: SmolLM2's GGUF, shapes scenes, work and out dirs."""
     ap.add_argument("--gguf", required=True), ap.add_argument("--data", required=True)
     ap.add_argument("--work", required=True), ap.add_argument("--out", required=True)
+    return ap
+
+
+def main() -> None:
+    ap = io_arguments(argparse.ArgumentParser())
     ap.add_argument("--text-prompts", type=int, default=12000), ap.add_argument("--image-prompts", type=int, default=6000)
     ap.add_argument("--steps", type=int, default=4000), ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)

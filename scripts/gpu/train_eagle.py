@@ -44,8 +44,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from template_prompts import template_prompts  # noqa: E402
 from train_draft import (  # noqa: E402  (same folder; the teacher and its data are shared)
-    DEV, GENERAL_PROMPTS, adamw_cosine, budget_teacher, greedy_answers, optimizer_step, render, sample_user_turns,
-    shapes_questions,
+    DEV, GENERAL_PROMPTS, adamw_cosine, budget_teacher, greedy_answers, io_arguments, optimizer_step, render,
+    sample_user_turns, shapes_questions,
 )
 
 BENCH_PROMPTS = Path(__file__).parents[2] / "benchmarks" / "speculative_prompts.txt"
@@ -207,9 +207,7 @@ def train(draft, head, teacher, rows: Rows, train_items, held: dict, steps: int,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", required=True), ap.add_argument("--data", required=True)
-    ap.add_argument("--work", required=True), ap.add_argument("--out", required=True)
+    ap = io_arguments(argparse.ArgumentParser())
     ap.add_argument("--text-prompts", type=int, default=4000), ap.add_argument("--image-prompts", type=int, default=1000)
     ap.add_argument("--openers", type=float, default=0.5)
     ap.add_argument("--template-prompts", type=int, default=0,
